@@ -1,0 +1,1 @@
+"""tributary: dlt loads sources into DuckDB, dbt models them, Prefect runs both."""

@@ -1,0 +1,77 @@
+"""The one settings object: where the sources and the warehouse are, and who to notify.
+
+Every value can be overridden by an environment variable prefixed ``TRIBUTARY_`` (for example
+``TRIBUTARY_WAREHOUSE_PATH``) or a git-ignored ``.env`` file. Secrets that dlt needs (database
+credentials, API tokens) are read the dlt way instead: ``SOURCES__<SOURCE>__<KEY>`` environment
+variables or ``.dlt/secrets.toml``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+
+
+class Settings(BaseSettings):
+    """Environment, source locations, warehouse location and notification targets."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TRIBUTARY_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    env: Literal["local", "ci", "prod"] = "local"
+    data_dir: Path = DEFAULT_DATA_DIR
+    shop_db_path: Path | None = Field(
+        default=None, description="SQLite shop database; default <data_dir>/shop.sqlite."
+    )
+    shop_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the shop database without a password (non-SQLite "
+        "databases); the password goes in SOURCES__SHOP__CREDENTIALS__PASSWORD.",
+    )
+    warehouse_path: Path | None = Field(
+        default=None, description="DuckDB warehouse file; default <data_dir>/warehouse.duckdb."
+    )
+    payments_api_url: str = "http://127.0.0.1:8765"
+    demo_api_db_path: Path | None = Field(
+        default=None, description="The demo API's own store; default <data_dir>/payments_api.sqlite."
+    )
+    slack_webhook_url: SecretStr | None = None
+
+    @field_validator("payments_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"TRIBUTARY_PAYMENTS_API_URL must be an http(s) URL, got {value!r}")
+        return value.rstrip("/")
+
+    @property
+    def shop_sqlite_path(self) -> Path:
+        return (self.shop_db_path or self.data_dir / "shop.sqlite").resolve()
+
+    @property
+    def shop_connection_url(self) -> str:
+        """The shop database as a SQLAlchemy URL (SQLite file unless ``shop_url`` is set)."""
+        return self.shop_url or f"sqlite:///{self.shop_sqlite_path}"
+
+    @property
+    def warehouse(self) -> Path:
+        return (self.warehouse_path or self.data_dir / "warehouse.duckdb").resolve()
+
+    @property
+    def demo_api_db(self) -> Path:
+        return (self.demo_api_db_path or self.data_dir / "payments_api.sqlite").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
