@@ -32,25 +32,27 @@ class Settings(BaseSettings):
     shop_db_path: Path | None = Field(
         default=None, description="SQLite shop database; default <data_dir>/shop.sqlite."
     )
-    shop_url: str | None = Field(
+    shop_url: SecretStr | None = Field(
         default=None,
-        description="SQLAlchemy URL of the shop database without a password (non-SQLite "
-        "databases); the password goes in SOURCES__SHOP__CREDENTIALS__PASSWORD.",
+        description="SQLAlchemy URL of a shop database that is not the SQLite default. It may "
+        "hold a password, so it is a secret; dlt's SOURCES__SHOP__CREDENTIALS works too.",
     )
     warehouse_path: Path | None = Field(
         default=None, description="DuckDB warehouse file; default <data_dir>/warehouse.duckdb."
     )
     payments_api_url: str = "http://127.0.0.1:8765"
+    fx_api_url: str = "http://127.0.0.1:8765"
     demo_api_db_path: Path | None = Field(
-        default=None, description="The demo API's own store; default <data_dir>/payments_api.sqlite."
+        default=None,
+        description="The demo API's own store; default <data_dir>/payments_api.sqlite.",
     )
     slack_webhook_url: SecretStr | None = None
 
-    @field_validator("payments_api_url")
+    @field_validator("payments_api_url", "fx_api_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"TRIBUTARY_PAYMENTS_API_URL must be an http(s) URL, got {value!r}")
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
 
     @property
@@ -60,15 +62,26 @@ class Settings(BaseSettings):
     @property
     def shop_connection_url(self) -> str:
         """The shop database as a SQLAlchemy URL (SQLite file unless ``shop_url`` is set)."""
-        return self.shop_url or f"sqlite:///{self.shop_sqlite_path}"
+        if self.shop_url is not None:
+            return self.shop_url.get_secret_value()
+        return f"sqlite:///{self.shop_sqlite_path}"
 
     @property
     def warehouse(self) -> Path:
         return (self.warehouse_path or self.data_dir / "warehouse.duckdb").resolve()
 
     @property
+    def pipelines_dir(self) -> Path:
+        """dlt's local working state, kept beside the data it belongs to."""
+        return (self.data_dir / "pipelines").resolve()
+
+    @property
     def demo_api_db(self) -> Path:
         return (self.demo_api_db_path or self.data_dir / "payments_api.sqlite").resolve()
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or wrong; raised before any data moves."""
 
 
 @lru_cache

@@ -1,0 +1,52 @@
+"""The payment provider's API: payments with their refunds, in USD, EUR or GBP."""
+
+from collections.abc import Iterable
+
+import dlt
+from dlt.extract import DltResource
+from dlt.sources.rest_api import RESTAPIConfig, rest_api_resources
+
+from ingestion.payments.settings import INITIAL_UPDATED_SINCE, PAGE_LIMIT
+
+
+@dlt.source(name="payments")
+def payments(
+    base_url: str = dlt.config.value, token: str = dlt.secrets.value
+) -> Iterable[DltResource]:
+    """``/payments`` with cursor pagination, fetched incrementally by ``updated_since`` and
+    merged on ``payment_id``, so a refund (which bumps ``updated_at``) replaces the old row."""
+    config: RESTAPIConfig = {
+        "client": {"base_url": base_url, "auth": {"type": "bearer", "token": token}},
+        "resources": [
+            {
+                "name": "payments",
+                "primary_key": "payment_id",
+                "write_disposition": "merge",
+                "columns": {
+                    "order_id": {"data_type": "bigint"},
+                    "amount": {"data_type": "bigint"},
+                    "amount_refunded": {"data_type": "bigint"},
+                    "created_at": {"data_type": "timestamp"},
+                    "updated_at": {"data_type": "timestamp"},
+                },
+                "endpoint": {
+                    "path": "payments",
+                    "data_selector": "data",
+                    "paginator": {
+                        "type": "cursor",
+                        "cursor_path": "next_cursor",
+                        "cursor_param": "cursor",
+                    },
+                    "params": {
+                        "limit": PAGE_LIMIT,
+                        "updated_since": {
+                            "type": "incremental",
+                            "cursor_path": "updated_at",
+                            "initial_value": INITIAL_UPDATED_SINCE,
+                        },
+                    },
+                },
+            }
+        ],
+    }
+    yield from rest_api_resources(config)

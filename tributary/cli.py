@@ -1,0 +1,82 @@
+"""`tributary` command line: `tributary demo` runs the whole path on the sample shop."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from tributary.report import RunReport
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+
+# Prefect's local temporary server: no telemetry (there is no internet) and time for its first
+# database migration on a fresh machine, which takes longer than the default 20 s here.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "DO_NOT_TRACK": "1",
+}
+
+
+@app.callback()
+def main() -> None:
+    """tributary: dlt loads sources into DuckDB, dbt models them, Prefect runs both."""
+
+
+@app.command()
+def demo(
+    orders: int = typer.Option(10_000, help="Orders in a newly generated sample shop."),
+    seed: int = typer.Option(42, help="Seed of the sample shop."),
+) -> None:
+    """Generate (or move forward) the sample shop, serve its API, run `elt` once, summarise."""
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    from demo.api import serve_in_background
+    from demo.generate import generate
+    from demo.simulate import simulate
+    from flows.elt import elt
+    from tributary.settings import get_settings
+
+    settings = get_settings()
+    shop_url = settings.shop_connection_url
+    if settings.shop_url is None and not settings.shop_sqlite_path.exists():
+        console.print(f"Generating the sample shop ({orders:,} orders) at {shop_url} …")
+        generate(shop_url, settings.demo_api_db, orders=orders, seed=seed, progress=True)
+    else:
+        change = simulate(shop_url, settings.demo_api_db, seed=seed)
+        console.print(f"Moved the sample shop forward: {change.describe()}")
+
+    token = os.environ.setdefault("SOURCES__PAYMENTS__TOKEN", secrets.token_urlsafe(24))
+    with serve_in_background(settings.demo_api_db, token) as base_url:
+        os.environ["TRIBUTARY_PAYMENTS_API_URL"] = base_url
+        os.environ["TRIBUTARY_FX_API_URL"] = base_url
+        get_settings.cache_clear()
+        console.print(f"Sample payments API on {base_url}; running the `elt` flow …")
+        report = elt()
+    _print_summary(report)
+
+
+def _print_summary(report: RunReport) -> None:
+    table = Table(title="Rows loaded this run")
+    for column in ("raw table", "loaded", "new", "updated"):
+        table.add_column(column, justify="left" if column == "raw table" else "right")
+    for load in report.loads:
+        for row in load.tables:
+            table.add_row(
+                f"{load.dataset}.{row.table}",
+                *(f"{n:,}" for n in (row.loaded, row.new, row.updated)),
+            )
+    console.print(table)
+    dbt = report.dbt
+    console.print(
+        f"dbt build: {dbt.models_built} models built, {dbt.tests_passed} tests passed "
+        f"({dict(dbt.statuses)})"
+    )
+    console.print(f"Warehouse: {report.warehouse} (marts in schema `marts`)")

@@ -1,0 +1,91 @@
+"""dbt through prefect-dbt's PrefectDbtRunner: one Prefect task per dbt node inside a flow."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
+
+from tributary.settings import DBT_PROJECT_DIR, Settings
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    unique_id: str
+    resource_type: str
+    status: str
+    seconds: float
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class DbtSummary:
+    command: str
+    nodes: list[NodeResult] = field(default_factory=list)
+
+    def count(self, resource_types: set[str], statuses: set[str]) -> int:
+        return sum(
+            1
+            for node in self.nodes
+            if node.resource_type in resource_types and node.status in statuses
+        )
+
+    @property
+    def models_built(self) -> int:
+        return self.count({"model", "seed", "snapshot"}, {"success"})
+
+    @property
+    def tests_passed(self) -> int:
+        return self.count({"test", "unit_test"}, {"pass"})
+
+    @property
+    def statuses(self) -> Counter[str]:
+        return Counter(node.status for node in self.nodes)
+
+
+def dbt_environment(settings: Settings) -> dict[str, str]:
+    """The variables ``profiles.yml`` reads, so dbt writes the warehouse dlt loaded."""
+    return {"TRIBUTARY_WAREHOUSE_PATH": str(settings.warehouse)}
+
+
+def release_duckdb() -> None:
+    """Close the DuckDB handle dbt-duckdb keeps open in this process after an in-process run
+    (dbt-core#11980), so the next writer — or a read-only reader — can open the file."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    with DuckDBConnectionManager._LOCK:
+        environment = DuckDBConnectionManager._ENV
+        if environment is not None:
+            environment.close()
+        DuckDBConnectionManager.close_all_connections()
+
+
+def _summarise(command: list[str], result: Any) -> DbtSummary:
+    nodes = [
+        NodeResult(
+            unique_id=run.node.unique_id,
+            resource_type=str(run.node.resource_type),
+            status=str(run.status),
+            seconds=float(run.execution_time or 0.0),
+            message=run.message,
+        )
+        for run in getattr(result, "results", None) or []
+    ]
+    return DbtSummary(command=" ".join(command), nodes=nodes)
+
+
+def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
+    """Invoke dbt in-process against the settings' warehouse; raises naming every failed node."""
+    os.environ.update(dbt_environment(settings))
+    runner = PrefectDbtRunner(
+        settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
+        raise_on_failure=True,
+    )
+    try:
+        result = runner.invoke(args)
+    finally:
+        release_duckdb()
+    return _summarise(args, result.result)
