@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from ingestion.pipeline import SourceLoad, TableLoad
+from tributary.dbt import DbtSummary, NodeResult
+from tributary.report import RunReport
+
+
+def test_report_lists_every_table_and_the_dbt_outcome() -> None:
+    report = RunReport(
+        warehouse=Path("/w.duckdb"),
+        loads=[
+            SourceLoad(
+                source="shop",
+                dataset="raw_shop",
+                load_ids=["1"],
+                tables=[TableLoad("orders", loaded=10, new=7), TableLoad("customers", 0, 0)],
+            )
+        ],
+        dbt=DbtSummary(
+            command="build",
+            nodes=[
+                NodeResult("model.tributary.fct_orders", "model", "success", 0.5),
+                NodeResult("test.tributary.unique_x", "test", "pass", 0.1),
+                NodeResult("test.tributary.not_null_x", "test", "fail", 0.1, "1 row"),
+            ],
+        ),
+        seconds=3.0,
+    )
+    markdown = report.to_markdown()
+    assert "| raw_shop | orders | 10 | 7 | 3 |" in markdown
+    assert "| raw_shop | customers | 0 | 0 | 0 |" in markdown
+    assert "1 models built, 1 tests passed" in markdown
+    assert "| fail | 1 |" in markdown
