@@ -24,6 +24,7 @@ def shop(
         backend="pyarrow",
         chunk_size=chunk_size,
         reflection_level="full",
+        detect_precision_hints=None,  # the default False only triggers dlt's deprecation warning
     )
     for resource in database.resources.values():
         resource.apply_hints(
