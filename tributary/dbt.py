@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,15 +79,30 @@ def _summarise(command: list[str], result: Any) -> DbtSummary:
     return DbtSummary(command=" ".join(command), nodes=nodes)
 
 
+@contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Set variables for the duration of one in-process dbt run, then put back what was."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
     """Invoke dbt in-process against the settings' warehouse; raises naming every failed node."""
-    os.environ.update(dbt_environment(settings))
     runner = PrefectDbtRunner(
         settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
         raise_on_failure=True,
     )
-    try:
-        result = runner.invoke(args)
-    finally:
-        release_duckdb()
+    with _environment(dbt_environment(settings)):
+        try:
+            result = runner.invoke(args)
+        finally:
+            release_duckdb()
     return _summarise(args, result.result)
