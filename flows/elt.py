@@ -50,15 +50,7 @@ class StepFailed(RuntimeError):
 )
 def ingest(source: SourceName, full_refresh: bool = False) -> SourceLoad:
     """One dlt pipeline run; a retry first loads what the failed attempt left pending."""
-    load = run_source(source, get_settings(), full_refresh=full_refresh)
-    get_run_logger().info(
-        "%s: %d rows into %s (%s)",
-        source,
-        load.rows_loaded,
-        load.dataset,
-        ", ".join(f"{t.table} {t.new} new/{t.updated} updated" for t in load.tables) or "none",
-    )
-    return load
+    return run_source(source, get_settings(), full_refresh=full_refresh)
 
 
 def _notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
@@ -88,18 +80,28 @@ def elt(params: EltParameters | None = None) -> RunReport:
     """Ingest the selected sources, then `dbt build`, then publish the run report."""
     params = params or EltParameters()
     settings = get_settings()
+    logger = get_run_logger()
     started = time.monotonic()
     loads: list[SourceLoad] = []
     for source in params.sources:
         try:
-            loads.append(ingest(source, full_refresh=params.full_refresh))
+            load = ingest(source, full_refresh=params.full_refresh)
         except Exception as exc:
             raise StepFailed(f"ingest {source}", exc) from exc
+        loads.append(load)
+        logger.info(
+            "ingest %s: %d rows into %s (%s)",
+            source,
+            load.rows_loaded,
+            load.dataset,
+            ", ".join(f"{t.table} {t.new} new/{t.updated} updated" for t in load.tables),
+        )
     args = ["build"] + (["--select", *params.dbt_select] if params.dbt_select else [])
     try:
         dbt: DbtSummary = run_dbt(args, settings)
     except Exception as exc:
         raise StepFailed("dbt build", exc) from exc
+    logger.info("dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed)
     report = RunReport(
         warehouse=settings.warehouse, loads=loads, dbt=dbt, seconds=time.monotonic() - started
     )

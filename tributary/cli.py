@@ -6,6 +6,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -23,6 +24,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "DO_NOT_TRACK": "1",
 }
+# A short demo log: the flow's own lines, not one line per dbt node (the UI keeps those).
+QUIET_DEMO = {"DBT_LOG_LEVEL": "warn", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING"}
 
 
 @app.callback()
@@ -36,7 +39,7 @@ def demo(
     seed: int = typer.Option(42, help="Seed of the sample shop."),
 ) -> None:
     """Generate (or move forward) the sample shop, serve its API, run `elt` once, summarise."""
-    for name, value in PREFECT_DEFAULTS.items():
+    for name, value in {**PREFECT_DEFAULTS, **QUIET_DEMO}.items():
         os.environ.setdefault(name, value)
     from demo.api import serve_in_background
     from demo.generate import generate
@@ -79,4 +82,15 @@ def _print_summary(report: RunReport) -> None:
         f"dbt build: {dbt.models_built} models built, {dbt.tests_passed} tests passed "
         f"({dict(dbt.statuses)})"
     )
-    console.print(f"Warehouse: {report.warehouse} (marts in schema `marts`)")
+    with duckdb.connect(str(report.warehouse), read_only=True) as warehouse:
+        names = warehouse.sql(
+            "select table_name from duckdb_tables() where schema_name = 'marts' order by 1"
+        ).fetchall()
+        marts = {
+            name: warehouse.sql(f"select count(*) from marts.{name}").fetchone()[0]
+            for (name,) in names
+        }
+    console.print(
+        "Marts: " + ", ".join(f"marts.{name} {rows:,} rows" for name, rows in marts.items())
+    )
+    console.print(f"Warehouse: {report.warehouse}")
