@@ -1,9 +1,24 @@
 -- Every order's total is its subtotal plus tax, to the cent.
-select
-    order_id,
-    subtotal,
-    tax_paid,
-    order_total
+with
 
-from {{ ref('fct_orders') }}
-where order_total != subtotal + tax_paid
+orders as (
+
+    select * from {{ ref('fct_orders') }}
+
+),
+
+final as (
+
+    select
+        order_id,
+        subtotal,
+        tax_paid,
+        order_total
+
+    from orders
+
+    where order_total != subtotal + tax_paid
+
+)
+
+select * from final

@@ -1,6 +1,3 @@
--- What each payment attempt is worth in USD now: a succeeded payment counts its amount less
--- what was refunded, any other attempt only minus refunds (none in practice); converted at
--- the rate of the day the payment was made (UTC).
 with
 
 payments as (
@@ -15,28 +12,42 @@ exchange_rates as (
 
 ),
 
+{# What each attempt is worth in its own currency: a succeeded payment its
+   amount, any other attempt nothing; a refund always subtracts. #}
+payments_valued as (
+
+    select
+        payment_id,
+        order_id,
+        currency,
+        status,
+        created_at,
+        cast(created_at as date) as paid_date,
+        case
+            when is_succeeded then amount - amount_refunded
+            else -amount_refunded
+        end as net_amount
+
+    from payments
+
+),
+
+{# The rate of the day the payment was made (UTC); USD has no row: rate 1. #}
 payments_joined_to_rates as (
 
     select
-        payments.payment_id,
-        payments.order_id,
-        payments.currency,
-        payments.status,
-        cast(payments.created_at as date) as paid_date,
+        payments_valued.*,
         case
-            when payments.is_succeeded then payments.amount - payments.amount_refunded
-            else -payments.amount_refunded
-        end as net_amount,
-        case
-            when payments.currency = 'USD' then 1.0
+            when payments_valued.currency = 'USD' then 1.0
             else exchange_rates.units_per_usd
         end as units_per_usd
 
-    from payments
+    from payments_valued
+
     left join exchange_rates
         on
-            cast(payments.created_at as date) = exchange_rates.rate_date
-            and payments.currency = exchange_rates.quote_currency
+            payments_valued.paid_date = exchange_rates.rate_date
+            and payments_valued.currency = exchange_rates.quote_currency
 
 ),
 

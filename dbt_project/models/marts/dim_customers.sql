@@ -19,10 +19,13 @@ orders_per_customer as (
         min(ordered_at) as first_ordered_at,
         max(ordered_at) as last_ordered_at,
         count(*) as order_count,
-        sum(case when not is_cancelled then order_total else 0 end) as lifetime_value
+        sum(
+            case when not is_cancelled then order_total else 0 end
+        ) as lifetime_value
 
     from orders
-    group by customer_id
+
+    group by 1
 
 ),
 
@@ -34,10 +37,12 @@ final as (
         orders_per_customer.first_ordered_at,
         orders_per_customer.last_ordered_at,
         coalesce(orders_per_customer.order_count, 0) as order_count,
-        cast(coalesce(orders_per_customer.lifetime_value, 0) as decimal(18, 2))
-            as lifetime_value
+        coalesce(
+            cast(orders_per_customer.lifetime_value as decimal(18, 2)), 0
+        ) as lifetime_value
 
     from customers
+
     left join orders_per_customer
         on customers.customer_id = orders_per_customer.customer_id
 

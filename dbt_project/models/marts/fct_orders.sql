@@ -25,18 +25,22 @@ items_per_order as (
         sum(quantity) as item_count
 
     from order_items
-    group by order_id
+
+    group by 1
 
 ),
 
+{# Summed in USD first, then rounded to the cent once: the cast rounds half
+   away from zero, on DuckDB and PostgreSQL alike. #}
 payments_per_order as (
 
     select
         order_id,
-        round(sum(net_amount_usd), 2) as amount_paid_usd
+        cast(sum(net_amount_usd) as decimal(18, 2)) as amount_paid_usd
 
     from payments_converted
-    group by order_id
+
+    group by 1
 
 ),
 
@@ -52,12 +56,13 @@ orders_joined_to_items_and_payments as (
         orders.tax_paid,
         orders.order_total,
         cast(coalesce(items_per_order.item_count, 0) as bigint) as item_count,
-        cast(coalesce(payments_per_order.amount_paid_usd, 0) as decimal(18, 2))
-            as amount_paid_usd
+        coalesce(payments_per_order.amount_paid_usd, 0) as amount_paid_usd
 
     from orders
+
     left join items_per_order
         on orders.order_id = items_per_order.order_id
+
     left join payments_per_order
         on orders.order_id = payments_per_order.order_id
 
@@ -67,7 +72,7 @@ final as (
 
     select
         *,
-        -- one cent of slack: a payment in EUR or GBP converts back to USD within a cent
+        {# a cent of slack: EUR and GBP convert back to USD within a cent #}
         amount_paid_usd >= order_total - 0.01 as is_fully_paid
 
     from orders_joined_to_items_and_payments

@@ -9,10 +9,16 @@ source as (
 renamed as (
 
     select
-        date as rate_date,
+
+        ---------- text
         base as base_currency,
         quote as quote_currency,
-        rate as units_per_usd
+
+        ---------- numerics
+        rate as units_per_usd,
+
+        ---------- dates
+        date as rate_date
 
     from source
 

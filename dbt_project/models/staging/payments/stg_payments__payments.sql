@@ -9,16 +9,27 @@ source as (
 renamed as (
 
     select
+
+        ---------- ids
         payment_id,
         order_id,
+
+        ---------- text
         method as payment_method,
         currency,
         status,
+
+        ---------- numerics
+        -- in units of `currency`: USD, EUR and GBP all have 100 minor units
         {{ cents_to_dollars('amount') }} as amount,
         {{ cents_to_dollars('amount_refunded') }} as amount_refunded,
+
+        ---------- booleans
         status = 'succeeded' as is_succeeded,
-        timezone('UTC', created_at) as created_at,
-        timezone('UTC', updated_at) as updated_at
+
+        ---------- timestamps
+        cast(created_at as timestamp) as created_at,
+        cast(updated_at as timestamp) as updated_at
 
     from source
 

@@ -9,9 +9,15 @@ source as (
 renamed as (
 
     select
+
+        ---------- ids
         customer_id,
+
+        ---------- text
         name as customer_name,
         email,
+
+        ---------- timestamps
         cast(created_at as timestamp) as created_at,
         cast(updated_at as timestamp) as updated_at
 

@@ -9,11 +9,19 @@ source as (
 renamed as (
 
     select
+
+        ---------- ids
         product_id,
+
+        ---------- text
         sku,
         name as product_name,
         category,
+
+        ---------- numerics
         {{ cents_to_dollars('price_cents') }} as price,
+
+        ---------- timestamps
         cast(created_at as timestamp) as created_at,
         cast(updated_at as timestamp) as updated_at
 

@@ -9,9 +9,15 @@ source as (
 renamed as (
 
     select
+
+        ---------- ids
         store_id,
+
+        ---------- text
         name as store_name,
         city,
+
+        ---------- timestamps
         cast(created_at as timestamp) as opened_at,
         cast(updated_at as timestamp) as updated_at
 
