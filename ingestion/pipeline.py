@@ -13,6 +13,7 @@ from dlt.extract import DltSource
 from ingestion.fx import fx
 from ingestion.payments import payments
 from ingestion.shop import shop
+from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 
 SourceName = Literal["shop", "payments", "fx"]
@@ -38,6 +39,7 @@ class SourceLoad:
     dataset: str
     load_ids: list[str]
     tables: list[TableLoad] = field(default_factory=list)
+    resumed: bool = False
 
     @property
     def rows_loaded(self) -> int:
@@ -114,26 +116,42 @@ def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
 def run_source(source: SourceName, settings: Settings, *, full_refresh: bool = False) -> SourceLoad:
     """Extract, normalise and load one source; a full refresh drops its tables and state first.
 
-    Pending load packages from an interrupted earlier run are loaded by dlt before it extracts
-    again, so a retry finishes the work instead of repeating it.
+    Extraction runs outside the warehouse lock, so sources extract while another writes; the
+    load holds it. Packages an interrupted earlier attempt left pending are loaded first and
+    nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
+    instead of repeating it.
     """
     dlt_source = SOURCE_FACTORIES[source](settings)
-    pipeline = make_pipeline(source, settings)
-    tables = [name for name in dlt_source.resources.selected]
-    before = _row_counts(pipeline, tables)
-    info: LoadInfo = pipeline.run(dlt_source, refresh="drop_sources" if full_refresh else None)
+    # One run of a pipeline at a time: its working folder is not shared between processes.
+    pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
+    with file_lock(pipeline_lock, f"{source} pipeline", settings.lock_timeout_seconds):
+        pipeline = make_pipeline(source, settings)
+        with warehouse_lock(settings):
+            pipeline.sync_destination()
+        resumed = pipeline.has_pending_data
+        if resumed:
+            if pipeline.list_extracted_load_packages():
+                pipeline.normalize()
+        else:
+            pipeline.extract(dlt_source, refresh="drop_sources" if full_refresh else None)
+            pipeline.normalize()
+        tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
+        with warehouse_lock(settings):
+            before = _row_counts(pipeline, tables)
+            info: LoadInfo = pipeline.load()
+            after = _row_counts(pipeline, tables)
     loaded = _loaded_rows(pipeline)
-    after = _row_counts(pipeline, sorted(set(tables) | set(loaded)))
     return SourceLoad(
         source=source,
         dataset=pipeline.dataset_name,
         load_ids=list(info.loads_ids),
+        resumed=resumed,
         tables=[
             TableLoad(
                 table=table,
                 loaded=loaded.get(table, 0),
-                new=after[table] - (0 if full_refresh else before.get(table, 0)),
+                new=after[table] - (0 if full_refresh else before[table]),
             )
-            for table in sorted(set(tables) | set(loaded))
+            for table in tables
         ],
     )

@@ -19,7 +19,16 @@ import pytest
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[None]:
     """One temporary Prefect server for the whole session: each start costs ~7 s."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.testing.utilities import prefect_test_harness
 
+    from tributary.lock import WAREHOUSE_LIMIT
+
     with prefect_test_harness(server_startup_timeout=120):
+        # As `prefect gcl create` does on a real server: the warehouse lock is strict.
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=WAREHOUSE_LIMIT, limit=1)
+            )
         yield

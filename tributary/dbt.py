@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
+from tributary.lock import warehouse_lock
 from tributary.settings import DBT_PROJECT_DIR, Settings
 
 
@@ -100,7 +101,7 @@ def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
         settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
         raise_on_failure=True,
     )
-    with _environment(dbt_environment(settings)):
+    with warehouse_lock(settings), _environment(dbt_environment(settings)):
         try:
             result = runner.invoke(args)
         finally:

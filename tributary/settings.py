@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         description="The demo API's own store; default <data_dir>/payments_api.sqlite.",
     )
     slack_webhook_url: SecretStr | None = None
+    lock_timeout_seconds: float = Field(
+        default=3600, gt=0, description="How long a warehouse writer waits for another one."
+    )
 
     @field_validator("payments_api_url", "fx_api_url")
     @classmethod

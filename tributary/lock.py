@@ -1,0 +1,70 @@
+"""One writer at a time: DuckDB lets a single process write the warehouse file.
+
+With a Prefect server configured (``PREFECT_API_URL``), every warehouse write holds a slot of the
+global concurrency limit ``tributary-warehouse`` (limit 1), strictly: a limit that does not exist
+is an error, not a silent pass. Without a server (a local run on Prefect's temporary server) an
+equivalent lock file beside the warehouse serialises writers across processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from prefect import get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import MissingContextError
+from prefect.settings import PREFECT_API_URL
+
+from tributary.settings import Settings
+
+WAREHOUSE_LIMIT = "tributary-warehouse"
+
+
+def server_configured() -> bool:
+    """True when flows report to a long-lived Prefect server rather than a temporary one."""
+    return bool(PREFECT_API_URL.value())
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+@contextmanager
+def warehouse_lock(settings: Settings) -> Iterator[None]:
+    """Hold the warehouse for writing; waits (up to ``lock_timeout_seconds``) for another writer."""
+    timeout = settings.lock_timeout_seconds
+    if server_configured():
+        with concurrency(WAREHOUSE_LIMIT, occupy=1, timeout_seconds=timeout, strict=True):
+            yield
+        return
+    with file_lock(Path(f"{settings.warehouse}.lock"), "warehouse", timeout):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, what: str, timeout: float) -> Iterator[None]:
+    """Hold a cross-process lock file, saying in the log when another process makes us wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _logger().info("Waiting for the %s lock: another run holds %s", what, path)
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise TimeoutError(
+                f"The {what} lock {path} was still held after {timeout:.0f} s "
+                "(TRIBUTARY_LOCK_TIMEOUT_SECONDS)"
+            ) from None
+    try:
+        yield
+    finally:
+        lock.release()
