@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import duckdb
 import typer
@@ -62,8 +64,36 @@ def demo(
         os.environ["TRIBUTARY_FX_API_URL"] = base_url
         get_settings.cache_clear()
         console.print(f"Sample payments API on {base_url}; running the `elt` flow …")
-        report = elt()
+        state = elt(return_state=True)
+        report = state.result()
+    _settle(state.state_details.flow_run_id)
     _print_summary(report)
+
+
+def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
+    """Let the temporary Prefect server record the run before it stops at exit.
+
+    The flow returns while its last events are still on their way; stopping the server then
+    cancels their recording mid-write and it logs errors. Send what is queued, then wait until
+    the server shows every task run of the flow run in a final state.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all()
+    APILogWorker.drain_all()
+    if flow_run_id is None:
+        return
+    runs_of_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            task_runs = client.read_task_runs(flow_run_filter=runs_of_flow)
+            if all(run.state is not None and run.state.is_final() for run in task_runs):
+                return
+            time.sleep(0.2)
 
 
 def _print_summary(report: RunReport) -> None:

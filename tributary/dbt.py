@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,8 +104,23 @@ def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
         raise_on_failure=True,
     )
     with warehouse_lock(settings), _environment(dbt_environment(settings)):
+        before = set(threading.enumerate())
         try:
             result = runner.invoke(args)
         finally:
             release_duckdb()
+            _join_node_task_threads(before)
     return _summarise(args, result.result)
+
+
+def _join_node_task_threads(before: set[threading.Thread], timeout: float = 120) -> None:
+    """Wait for the threads in which prefect-dbt records each node's task run.
+
+    ``PrefectDbtRunner`` starts one daemon thread per node and returns without joining them, so
+    without this the flow finishes while node task runs are still being reported, and the
+    interpreter aborts at exit ("FATAL: exception not rethrown") when it stops them mid-call.
+    """
+    deadline = time.monotonic() + timeout
+    for thread in set(threading.enumerate()) - before:
+        if thread.name.endswith("(run_task)"):
+            thread.join(max(0.0, deadline - time.monotonic()))
