@@ -28,6 +28,9 @@ PREFECT_DEFAULTS = {
 }
 # A short demo log: the flow's own lines, not one line per dbt node (the UI keeps those).
 QUIET_DEMO = {"DBT_LOG_LEVEL": "warn", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING"}
+# Measured: with 83 task runs the server was still writing trailing events up to ~2 s after
+# the last final state showed; 3 s leaves it idle when it stops.
+TRAILING_EVENTS_GRACE_SECONDS = 3
 
 
 @app.callback()
@@ -75,7 +78,8 @@ def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
 
     The flow returns while its last events are still on their way; stopping the server then
     cancels their recording mid-write and it logs errors. Send what is queued, then wait until
-    the server shows every task run of the flow run in a final state.
+    the server shows every task run of the flow run in a final state, and give the events that
+    trail those states (prefect-dbt's node tasks send several each) a moment to be written.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -92,6 +96,7 @@ def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
         while time.monotonic() < deadline:
             task_runs = client.read_task_runs(flow_run_filter=runs_of_flow)
             if all(run.state is not None and run.state.is_final() for run in task_runs):
+                time.sleep(TRAILING_EVENTS_GRACE_SECONDS)
                 return
             time.sleep(0.2)
 
