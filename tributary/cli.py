@@ -28,8 +28,8 @@ PREFECT_DEFAULTS = {
 }
 # A short demo log: the flow's own lines, not one line per dbt node (the UI keeps those).
 QUIET_DEMO = {"DBT_LOG_LEVEL": "warn", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL": "WARNING"}
-# Measured: with 83 task runs the server was still writing trailing events up to ~2 s after
-# the last final state showed; 3 s leaves it idle when it stops.
+# Measured with 83 task runs: stopping right after the last final state showed still caught the
+# recorder mid-write (ERROR at stop); 3 s later it was idle.
 TRAILING_EVENTS_GRACE_SECONDS = 3
 
 
