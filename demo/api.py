@@ -89,6 +89,7 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
     def payments(
         authorization: Annotated[str | None, Header()] = None,
         updated_since: datetime | None = None,
+        updated_until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
         cursor: str | None = None,
     ) -> JSONResponse:
@@ -98,6 +99,9 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
         if updated_since is not None:
             where.append("updated_at >= ?")
             params.append(_stored(updated_since))
+        if updated_until is not None:
+            where.append("updated_at < ?")
+            params.append(_stored(updated_until))
         if cursor:
             after_updated, after_id = _decode_cursor(cursor)
             where.append("(updated_at > ? or (updated_at = ? and payment_id > ?))")

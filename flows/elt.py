@@ -3,33 +3,95 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, date, datetime
 
+import prefect.runtime
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.client.schemas.objects import FlowRun, State
-from prefect.flows import Flow
-from prefect.settings import PREFECT_UI_URL
 from prefect.tasks import exponential_backoff
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ingestion.pipeline import SOURCE_NAMES, SourceLoad, SourceName, run_source
+from flows.hooks import notify_failure
+from ingestion.pipeline import (
+    SOURCE_NAMES,
+    WINDOWED_SOURCES,
+    SourceLoad,
+    SourceName,
+    run_source,
+)
 from tributary.dbt import DbtSummary, run_dbt
 from tributary.errors import retry_if_transient
-from tributary.notify import failure_message, send_webhook
+from tributary.ops import record_run
 from tributary.report import RunReport
-from tributary.settings import get_settings
+from tributary.settings import Settings, get_settings
 
 
 class EltParameters(BaseModel):
-    """What one `elt` run does."""
+    """What one `elt` run does. Deployments set some of these; the rest keep their defaults."""
+
+    model_config = ConfigDict(extra="forbid")
 
     sources: list[SourceName] = Field(
         default_factory=lambda: list(SOURCE_NAMES), description="Sources to ingest, in order."
     )
-    full_refresh: bool = Field(
-        default=False, description="Drop the raw tables and incremental state and reload all."
+    window_start: date | None = Field(
+        default=None,
+        description="Backfill: reload the API sources' records from this date (UTC) on ...",
+    )
+    window_end: date | None = Field(
+        default=None, description="... up to, not including, this date. Both or neither."
+    )
+    full_refresh: list[str] = Field(
+        default_factory=list,
+        description="Drop and reload these tables from scratch: `source` (all its tables) or "
+        "`source.table`, e.g. `shop.orders`. Needs confirm_full_refresh.",
+    )
+    confirm_full_refresh: bool = Field(
+        default=False, description="Set to true to go ahead with full_refresh."
     )
     dbt_select: list[str] = Field(default_factory=list, description="dbt --select; empty: all.")
+    dbt_exclude: list[str] = Field(default_factory=list, description="dbt --exclude.")
+
+    @model_validator(mode="after")
+    def _check(self) -> EltParameters:
+        if (self.window_start is None) != (self.window_end is None):
+            raise ValueError("window_start and window_end: give both or neither")
+        if self.window_start and self.window_end and self.window_start >= self.window_end:
+            raise ValueError(
+                f"window_start ({self.window_start}) must be before window_end ({self.window_end})"
+            )
+        for entry in self.full_refresh:
+            source = entry.split(".", 1)[0]
+            if source not in self.sources:
+                raise ValueError(
+                    f"full_refresh: {entry!r} is not in a source this run ingests "
+                    f"({', '.join(self.sources)})"
+                )
+        if self.full_refresh and not self.confirm_full_refresh:
+            raise ValueError(
+                f"full_refresh drops and reloads {', '.join(self.full_refresh)}: set "
+                "confirm_full_refresh to true to go ahead"
+            )
+        return self
+
+    def refresh_of(self, source: SourceName) -> tuple[bool, list[str]]:
+        """(whole source?, tables) to drop and reload for one source."""
+        whole = source in self.full_refresh
+        tables = [e.split(".", 1)[1] for e in self.full_refresh if e.startswith(f"{source}.")]
+        return whole, tables
+
+    def window(self) -> tuple[date, date] | None:
+        if self.window_start is None or self.window_end is None:
+            return None
+        return self.window_start, self.window_end
+
+    def dbt_args(self) -> list[str]:
+        args = ["build"]
+        if self.dbt_select:
+            args += ["--select", *self.dbt_select]
+        if self.dbt_exclude:
+            args += ["--exclude", *self.dbt_exclude]
+        return args
 
 
 class StepFailed(RuntimeError):
@@ -48,63 +110,94 @@ class StepFailed(RuntimeError):
     retry_condition_fn=retry_if_transient,
     timeout_seconds=3600,
 )
-def ingest(source: SourceName, full_refresh: bool = False) -> SourceLoad:
+def ingest(
+    source: SourceName,
+    full_refresh: bool = False,
+    refresh_tables: list[str] | None = None,
+    window: tuple[date, date] | None = None,
+) -> SourceLoad:
     """One dlt pipeline run; a retry first loads what the failed attempt left pending."""
-    return run_source(source, get_settings(), full_refresh=full_refresh)
-
-
-def _notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
-    logger = get_run_logger()
-    url = get_settings().slack_webhook_url
-    if url is None:
-        logger.info("No failure webhook configured (TRIBUTARY_SLACK_WEBHOOK_URL); not notifying.")
-        return
-    ui = PREFECT_UI_URL.value()
-    try:
-        cause = state.result(raise_on_failure=False)
-    except Exception:  # a crashed run may have no readable result; the message still says why
-        cause = None
-    subject, body = failure_message(
-        flow_name=flow.name,
-        deployment=str(flow_run.deployment_id) if flow_run.deployment_id else None,
-        step=getattr(cause, "step", None),
-        error=state.message or state.name,
-        run_url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None,
+    bounds = _window_bounds(source, window) if window else None
+    return run_source(
+        source,
+        get_settings(),
+        full_refresh=full_refresh,
+        refresh_tables=refresh_tables or (),
+        window=bounds,
     )
-    send_webhook(url, subject, body)
-    logger.info("Failure notification sent.")
 
 
-@flow(name="elt", log_prints=True, on_failure=[_notify_failure], on_crashed=[_notify_failure])
+def _window_bounds(source: SourceName, window: tuple[date, date]) -> tuple[str, str]:
+    """The window as the source's cursor values: timestamps (UTC) or dates."""
+    start, end = window
+    if source == "payments":
+        return f"{start.isoformat()}T00:00:00Z", f"{end.isoformat()}T00:00:00Z"
+    return start.isoformat(), end.isoformat()
+
+
+def _record(
+    settings: Settings, status: str, error: str | None, started_at: datetime, report: RunReport
+) -> None:
+    """One row in ops.pipeline_runs and one per table in ops.table_loads for this run."""
+    deployment = prefect.runtime.deployment.name
+    record_run(
+        settings,
+        flow_run_id=str(prefect.runtime.flow_run.id),
+        flow_name="elt",
+        deployment=f"elt/{deployment}" if deployment else None,
+        status=status,
+        error=error,
+        started_at=started_at,
+        finished_at=datetime.now(UTC),
+        report=report,
+    )
+
+
+@flow(name="elt", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
 def elt(params: EltParameters | None = None) -> RunReport:
     """Ingest the selected sources, then `dbt build`, then publish the run report."""
     params = params or EltParameters()
     settings = get_settings()
     logger = get_run_logger()
-    started = time.monotonic()
+    started, started_at = time.monotonic(), datetime.now(UTC)
     loads: list[SourceLoad] = []
-    for source in params.sources:
-        try:
-            load = ingest(source, full_refresh=params.full_refresh)
-        except Exception as exc:
-            raise StepFailed(f"ingest {source}", exc) from exc
-        loads.append(load)
-        logger.info(
-            "ingest %s: %d rows into %s (%s)",
-            source,
-            load.rows_loaded,
-            load.dataset,
-            ", ".join(f"{t.table} {t.new} new/{t.updated} updated" for t in load.tables),
-        )
-    args = ["build"] + (["--select", *params.dbt_select] if params.dbt_select else [])
+    window = params.window()
     try:
-        dbt: DbtSummary = run_dbt(args, settings)
+        for source in params.sources:
+            whole, tables = params.refresh_of(source)
+            try:
+                load = ingest(
+                    source,
+                    full_refresh=whole,
+                    refresh_tables=tables,
+                    window=window if source in WINDOWED_SOURCES else None,
+                )
+            except Exception as exc:
+                raise StepFailed(f"ingest {source}", exc) from exc
+            loads.append(load)
+            logger.info(
+                "ingest %s: %d rows into %s (%s)",
+                source,
+                load.rows_loaded,
+                load.dataset,
+                ", ".join(f"{t.table} {t.new} new/{t.updated} updated" for t in load.tables),
+            )
+        try:
+            dbt: DbtSummary = run_dbt(params.dbt_args(), settings)
+        except Exception as exc:
+            raise StepFailed("dbt build", exc) from exc
     except Exception as exc:
-        raise StepFailed("dbt build", exc) from exc
+        failed = RunReport(warehouse=settings.warehouse, loads=loads)
+        try:
+            _record(settings, "failed", str(exc), started_at, failed)
+        except Exception:  # the run's own error matters more than its history row
+            logger.warning("Could not record the failed run in ops.pipeline_runs", exc_info=True)
+        raise
     logger.info("dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed)
     report = RunReport(
         warehouse=settings.warehouse, loads=loads, dbt=dbt, seconds=time.monotonic() - started
     )
+    _record(settings, "completed", None, started_at, report)
     create_markdown_artifact(
         key="elt-run-report", markdown=report.to_markdown(), description="tributary elt run"
     )

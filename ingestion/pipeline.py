@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -69,6 +69,13 @@ SOURCE_FACTORIES: dict[SourceName, Callable[[Settings], DltSource]] = {
     "payments": lambda settings: payments(base_url=settings.payments_api_url),
     "fx": lambda settings: fx(base_url=settings.fx_api_url),
 }
+# Sources that take a backfill window: (ISO start, ISO end) over their incremental cursor.
+WINDOWED_SOURCES: dict[SourceName, Callable[[Settings, tuple[str, str]], DltSource]] = {
+    "payments": lambda settings, window: payments(
+        base_url=settings.payments_api_url, window=window
+    ),
+    "fx": lambda settings, window: fx(base_url=settings.fx_api_url, window=window),
+}
 
 
 def make_pipeline(source: SourceName, settings: Settings) -> dlt.Pipeline:
@@ -113,15 +120,45 @@ def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
     return {table: rows for table, rows in counts.items() if not table.startswith("_dlt")}
 
 
-def run_source(source: SourceName, settings: Settings, *, full_refresh: bool = False) -> SourceLoad:
-    """Extract, normalise and load one source; a full refresh drops its tables and state first.
+def run_source(
+    source: SourceName,
+    settings: Settings,
+    *,
+    full_refresh: bool = False,
+    refresh_tables: Sequence[str] = (),
+    window: tuple[str, str] | None = None,
+) -> SourceLoad:
+    """Extract, normalise and load one source.
+
+    ``full_refresh`` drops all the source's tables and incremental state first and reloads them;
+    ``refresh_tables`` does that for the named tables only (and loads only them); ``window``
+    reloads an API source's [start, end) range without touching its incremental state.
 
     Extraction runs outside the warehouse lock, so sources extract while another writes; the
     load holds it. Packages an interrupted earlier attempt left pending are loaded first and
     nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
     instead of repeating it.
     """
-    dlt_source = SOURCE_FACTORIES[source](settings)
+    if window is not None:
+        if source not in WINDOWED_SOURCES:
+            raise ConfigurationError(
+                f"{source}: a backfill window applies to {', '.join(WINDOWED_SOURCES)} only"
+            )
+        dlt_source = WINDOWED_SOURCES[source](settings, window)
+    else:
+        dlt_source = SOURCE_FACTORIES[source](settings)
+    refresh: Literal["drop_sources", "drop_resources"] | None = None
+    if full_refresh:
+        refresh = "drop_sources"
+    elif refresh_tables:
+        unknown = sorted(set(refresh_tables) - set(dlt_source.resources))
+        if unknown:
+            raise ConfigurationError(
+                f"{source}: no table {', '.join(unknown)} to refresh; its tables are "
+                f"{', '.join(sorted(dlt_source.resources))}"
+            )
+        dlt_source = dlt_source.with_resources(*refresh_tables)
+        refresh = "drop_resources"
     # One run of a pipeline at a time: its working folder is not shared between processes.
     pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
     with file_lock(pipeline_lock, f"{source} pipeline", settings.lock_timeout_seconds):
@@ -133,7 +170,7 @@ def run_source(source: SourceName, settings: Settings, *, full_refresh: bool = F
             if pipeline.list_extracted_load_packages():
                 pipeline.normalize()
         else:
-            pipeline.extract(dlt_source, refresh="drop_sources" if full_refresh else None)
+            pipeline.extract(dlt_source, refresh=refresh)
             pipeline.normalize()
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
         with warehouse_lock(settings):
@@ -150,7 +187,7 @@ def run_source(source: SourceName, settings: Settings, *, full_refresh: bool = F
             TableLoad(
                 table=table,
                 loaded=loaded.get(table, 0),
-                new=after[table] - (0 if full_refresh else before[table]),
+                new=after[table] - (0 if refresh and not resumed else before[table]),
             )
             for table in tables
         ],

@@ -16,7 +16,10 @@ from rich.table import Table
 if TYPE_CHECKING:
     from tributary.report import RunReport
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# No local variables in tracebacks: they would print settings, and settings hold secrets.
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False
+)
 console = Console()
 
 # Prefect's local temporary server: no telemetry (there is no internet) and time for its first
@@ -129,3 +132,23 @@ def _print_summary(report: RunReport) -> None:
         "Marts: " + ", ".join(f"marts.{name} {rows:,} rows" for name, rows in marts.items())
     )
     console.print(f"Warehouse: {report.warehouse}")
+
+
+@app.command("server-setup")
+def server_setup() -> None:
+    """Prepare the Prefect server at PREFECT_API_URL: work pool, warehouse limit, automations."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tributary.server import setup_server
+    from tributary.settings import get_settings
+
+    if not PREFECT_API_URL.value():
+        console.print("PREFECT_API_URL is not set: point it at your Prefect server first.")
+        raise typer.Exit(code=2)
+    result = setup_server(get_settings())
+    for line in result.created:
+        console.print(f"created  {line}")
+    for line in result.kept:
+        console.print(f"kept     {line}")
+    for line in result.skipped:
+        console.print(f"skipped  {line}")

@@ -15,11 +15,12 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 from prefect import get_run_logger
+from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.exceptions import MissingContextError
 from prefect.settings import PREFECT_API_URL
 
-from tributary.settings import Settings
+from tributary.settings import ConfigurationError, Settings
 
 WAREHOUSE_LIMIT = "tributary-warehouse"
 
@@ -41,8 +42,22 @@ def warehouse_lock(settings: Settings) -> Iterator[None]:
     """Hold the warehouse for writing; waits (up to ``lock_timeout_seconds``) for another writer."""
     timeout = settings.lock_timeout_seconds
     if server_configured():
-        with concurrency(WAREHOUSE_LIMIT, occupy=1, timeout_seconds=timeout, strict=True):
+        try:
+            slot = concurrency(WAREHOUSE_LIMIT, occupy=1, timeout_seconds=timeout, strict=True)
+            slot.__enter__()
+        except ConcurrencySlotAcquisitionError as exc:
+            if "must be created" not in str(exc):
+                raise
+            raise ConfigurationError(
+                f"The Prefect server at PREFECT_API_URL has no global concurrency limit "
+                f"{WAREHOUSE_LIMIT!r}, which guards warehouse writes: create it with "
+                "`tributary server-setup` (or `prefect gcl create "
+                f"{WAREHOUSE_LIMIT} --limit 1`)"
+            ) from exc
+        try:
             yield
+        finally:
+            slot.__exit__(None, None, None)
         return
     with file_lock(Path(f"{settings.warehouse}.lock"), "warehouse", timeout):
         yield

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
         description="The demo API's own store; default <data_dir>/payments_api.sqlite.",
     )
     slack_webhook_url: SecretStr | None = None
+    stale_after_hours: float = Field(
+        default=26,
+        gt=0,
+        description="Alert when no `elt` run has completed for this long (a server automation).",
+    )
     lock_timeout_seconds: float = Field(
         default=3600, gt=0, description="How long a warehouse writer waits for another one."
     )

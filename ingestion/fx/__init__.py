@@ -10,9 +10,15 @@ from ingestion.fx.settings import INITIAL_START_DATE, PAGE_SIZE
 
 
 @dlt.source(name="fx")
-def fx(base_url: str = dlt.config.value) -> Iterable[DltResource]:
+def fx(
+    base_url: str = dlt.config.value, window: tuple[str, str] | None = None
+) -> Iterable[DltResource]:
     """``/exchange-rates`` with page-number pagination, fetched from the last loaded date on
-    and merged on (date, quote), so the last day is refreshed rather than duplicated."""
+    and merged on (date, quote), so the last day is refreshed rather than duplicated.
+
+    ``window`` (ISO start, end) reloads the rates dated in [start, end) — a backfill: dlt
+    neither reads nor moves the incremental state for it."""
+    start, end = window or (INITIAL_START_DATE, None)
     config: RESTAPIConfig = {
         "client": {"base_url": base_url},
         "resources": [
@@ -30,13 +36,12 @@ def fx(base_url: str = dlt.config.value) -> Iterable[DltResource]:
                         "page_param": "page",
                         "total_path": "total_pages",
                     },
-                    "params": {
-                        "page_size": PAGE_SIZE,
-                        "start_date": {
-                            "type": "incremental",
-                            "cursor_path": "date",
-                            "initial_value": INITIAL_START_DATE,
-                        },
+                    "params": {"page_size": PAGE_SIZE},
+                    "incremental": {
+                        "start_param": "start_date",
+                        "cursor_path": "date",
+                        "initial_value": start,
+                        **({"end_param": "end_date", "end_value": end} if end else {}),
                     },
                 },
             }

@@ -11,10 +11,16 @@ from ingestion.payments.settings import INITIAL_UPDATED_SINCE, PAGE_LIMIT
 
 @dlt.source(name="payments")
 def payments(
-    base_url: str = dlt.config.value, token: str = dlt.secrets.value
+    base_url: str = dlt.config.value,
+    token: str = dlt.secrets.value,
+    window: tuple[str, str] | None = None,
 ) -> Iterable[DltResource]:
     """``/payments`` with cursor pagination, fetched incrementally by ``updated_since`` and
-    merged on ``payment_id``, so a refund (which bumps ``updated_at``) replaces the old row."""
+    merged on ``payment_id``, so a refund (which bumps ``updated_at``) replaces the old row.
+
+    ``window`` (ISO start, end) reloads the payments updated in [start, end) — a backfill: dlt
+    neither reads nor moves the incremental state for it."""
+    start, end = window or (INITIAL_UPDATED_SINCE, None)
     config: RESTAPIConfig = {
         "client": {"base_url": base_url, "auth": {"type": "bearer", "token": token}},
         "resources": [
@@ -37,13 +43,12 @@ def payments(
                         "cursor_path": "next_cursor",
                         "cursor_param": "cursor",
                     },
-                    "params": {
-                        "limit": PAGE_LIMIT,
-                        "updated_since": {
-                            "type": "incremental",
-                            "cursor_path": "updated_at",
-                            "initial_value": INITIAL_UPDATED_SINCE,
-                        },
+                    "params": {"limit": PAGE_LIMIT},
+                    "incremental": {
+                        "start_param": "updated_since",
+                        "cursor_path": "updated_at",
+                        "initial_value": start,
+                        **({"end_param": "updated_until", "end_value": end} if end else {}),
                     },
                 },
             }

@@ -1,0 +1,60 @@
+"""The `dbt` flow: `dbt build` alone, for analysts — select, exclude, full refresh.
+
+(Not `flows/dbt.py`: Prefect puts this folder on sys.path, where that name would shadow dbt.)
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from pydantic import BaseModel, ConfigDict, Field
+
+from flows.hooks import notify_failure
+from tributary.dbt import DbtSummary, run_dbt
+from tributary.report import RunReport
+from tributary.settings import get_settings
+
+
+class DbtBuildParameters(BaseModel):
+    """What one `dbt/build` run builds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    select: list[str] = Field(default_factory=list, description="dbt --select; empty: all.")
+    exclude: list[str] = Field(default_factory=list, description="dbt --exclude.")
+    full_refresh: bool = Field(
+        default=False, description="dbt --full-refresh: rebuild incremental models from scratch."
+    )
+
+    def dbt_args(self) -> list[str]:
+        args = ["build"]
+        if self.select:
+            args += ["--select", *self.select]
+        if self.exclude:
+            args += ["--exclude", *self.exclude]
+        if self.full_refresh:
+            args.append("--full-refresh")
+        return args
+
+
+@flow(name="dbt", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+def build(params: DbtBuildParameters | None = None) -> DbtSummary:
+    """`dbt build` against the warehouse, holding the warehouse lock; reports every node."""
+    params = params or DbtBuildParameters()
+    settings = get_settings()
+    summary = run_dbt(params.dbt_args(), settings)
+    get_run_logger().info(
+        "dbt %s: %d models built, %d tests passed",
+        summary.command,
+        summary.models_built,
+        summary.tests_passed,
+    )
+    report = RunReport(warehouse=settings.warehouse, dbt=summary)
+    create_markdown_artifact(
+        key="dbt-build-report", markdown=report.to_markdown(), description="tributary dbt build"
+    )
+    return summary
+
+
+if __name__ == "__main__":
+    build()

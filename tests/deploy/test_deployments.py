@@ -1,0 +1,195 @@
+"""tributary as production runs it: deployments on a real Prefect server, a real process worker,
+runs triggered with `prefect deployment run` as users do, and alerts a real receiver gets."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import pytest
+
+from tests.deploy.conftest import BIN, Stack
+from tests.integration.sources import expected_marts
+
+pytestmark = pytest.mark.integration
+
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def _run_id(output: str) -> str:
+    match = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert match, output
+    return match.group(1)
+
+
+def _api(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
+    response = httpx.request(method, f"{stack.env['PREFECT_API_URL']}{path}", timeout=30, **kwargs)
+    response.raise_for_status()
+    return response.json()
+
+
+def _wait_final(stack: Stack, run_id: str, timeout: float = 600) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = _api(stack, "GET", f"/flow_runs/{run_id}")
+        if run["state"] and run["state"]["type"] in FINAL:
+            return run
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout} s")
+
+
+def _logs(stack: Stack, run_id: str) -> str:
+    logs = _api(stack, "POST", "/logs/filter", json={"logs": {"flow_run_id": {"any_": [run_id]}}})
+    return "\n".join(entry["message"] for entry in logs)
+
+
+def _trigger(stack: Stack, deployment: str, *args: str) -> str:
+    result = stack.prefect("deployment", "run", deployment, *args)
+    return _run_id(result.stdout)
+
+
+def _warehouse(stack: Stack, sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(stack.settings.warehouse), read_only=True) as warehouse:
+        return warehouse.sql(sql).fetchall()
+
+
+def _assert_unique_keys(stack: Stack) -> None:
+    for table, key in [
+        ("raw_shop.orders", "order_id"),
+        ("raw_shop.order_items", "order_item_id"),
+        ("raw_payments.payments", "payment_id"),
+        ("marts.fct_orders", "order_id"),
+        ("marts.dim_customers", "customer_id"),
+    ]:
+        [(rows, keys)] = _warehouse(stack, f"select count(*), count(distinct {key}) from {table}")
+        assert rows == keys, f"{table}: {rows} rows, {keys} distinct {key}"
+
+
+def _server_log_tail(stack: Stack) -> str:
+    return "\n".join(
+        f"--- {log.name}\n{log.read_text()[-4000:]}" for log in sorted(stack.logs.glob("*.log"))
+    )
+
+
+def test_daily_then_dbt_build_through_the_cli(stack: Stack) -> None:
+    result = stack.prefect("deployment", "run", "elt/daily", "--watch", timeout=900)
+    run = _api(stack, "GET", f"/flow_runs/{_run_id(result.stdout)}")
+    assert run["state"]["type"] == "COMPLETED", result.stdout + _server_log_tail(stack)
+
+    expected = expected_marts(stack.settings.shop_sqlite_path, stack.api_url, stack.token)
+    [(orders, order_total)] = _warehouse(
+        stack, "select count(*), sum(order_total) from marts.fct_orders"
+    )
+    assert orders == len(expected.fct_orders)
+    assert order_total == sum(row["order_total"] for row in expected.fct_orders.values())
+    [(revenue,)] = _warehouse(stack, "select sum(revenue) from marts.fct_daily_revenue")
+    assert revenue == sum(day["revenue"] for day in expected.fct_daily_revenue.values())
+    _assert_unique_keys(stack)
+    [(pipeline_runs,)] = _warehouse(
+        stack, f"select count(*) from ops.pipeline_runs where flow_run_id = '{run['id']}'"
+    )
+    assert pipeline_runs == 1
+
+    built_before = _warehouse(
+        stack, "select count(*) from marts.dim_customers"
+    )  # the analyst's run rebuilds one model and its tests, nothing else
+    run_id = _trigger(
+        stack, "dbt/build", "--params", '{"params": {"select": ["fct_daily_revenue"]}}', "--watch"
+    )
+    run = _wait_final(stack, run_id)
+    assert run["state"]["type"] == "COMPLETED", _logs(stack, run_id)
+    assert "dbt build --select fct_daily_revenue: 1 models built" in _logs(stack, run_id)
+    assert _warehouse(stack, "select count(*) from marts.dim_customers") == built_before
+
+
+def test_parameter_schema_is_enforced(stack: Stack) -> None:
+    result = stack.cli(
+        str(BIN / "prefect"),
+        "--no-prompt",
+        "deployment",
+        "run",
+        "elt/daily",
+        "--params",
+        '{"params": {"sources": ["nowhere"]}}',
+    )
+    assert result.returncode != 0
+    assert "nowhere" in result.stdout + result.stderr
+
+
+def test_two_overlapping_runs_both_complete(stack: Stack) -> None:
+    first = _trigger(stack, "elt/incremental")
+    second = _trigger(stack, "elt/incremental")
+    runs = [_wait_final(stack, first), _wait_final(stack, second)]
+    for run in runs:
+        assert run["state"]["type"] == "COMPLETED", _logs(stack, run["id"])
+    # Both were running at once: the worker started both, the warehouse lock made one wait.
+    earlier, later = sorted(runs, key=lambda run: run["start_time"])
+    assert later["start_time"] < earlier["end_time"], (
+        "the runs did not overlap; the test proves nothing"
+    )
+    _assert_unique_keys(stack)
+    expected = expected_marts(stack.settings.shop_sqlite_path, stack.api_url, stack.token)
+    [(orders,)] = _warehouse(stack, "select count(*) from marts.fct_orders")
+    assert orders == len(expected.fct_orders)
+
+
+def test_failed_run_notifies_with_step_and_cause(stack: Stack) -> None:
+    stack.alerts.clear()
+    run_id = _trigger(
+        stack,
+        "elt/daily",
+        "--job-variable",
+        'env={"SOURCES__PAYMENTS__TOKEN": "wrong-token"}',
+    )
+    run = _wait_final(stack, run_id)
+    assert run["state"]["type"] == "FAILED"
+    deadline = time.monotonic() + 60
+    while not stack.alerts and time.monotonic() < deadline:
+        time.sleep(0.5)
+    [alert] = stack.alerts
+    text = alert["text"]
+    assert "tributary: flow `elt` failed" in text
+    assert "Deployment: elt/daily" in text
+    assert "Failed step: ingest payments" in text
+    assert "401" in text
+    assert run_id in text
+    assert "wrong-token" not in text
+
+
+def _flow_run_pid(run_id: str, timeout: float = 120) -> int:
+    """The process the worker started for a flow run (its environment names the run)."""
+    marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    return int(proc.name)
+            except OSError:
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no process for flow run {run_id}")
+
+
+def test_killed_run_is_reported_by_the_server(stack: Stack) -> None:
+    stack.alerts.clear()
+    run_id = _trigger(stack, "elt/daily")
+    os.kill(_flow_run_pid(run_id), signal.SIGKILL)
+    run = _wait_final(stack, run_id)
+    assert run["state"]["type"] == "CRASHED"
+    deadline = time.monotonic() + 90
+    while not stack.alerts and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert stack.alerts, "no alert for the crashed run:\n" + _server_log_tail(stack)
+    text = stack.alerts[0]["text"]
+    assert "tributary: flow `elt` crashed" in text
+    assert "Deployment: elt/daily" in text
+    assert run_id in text
