@@ -49,3 +49,19 @@ def test_dbt_parses(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert (tmp_path / "target" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=lambda d: d["name"])
+def test_every_deployment_has_valid_parameters(deployment: dict) -> None:
+    """Defaults in prefect.yaml pass the flow's own parameter model, validators included."""
+    flow = load_flow_from_entrypoint(str(PROJECT_ROOT / deployment["entrypoint"]))
+    flow.validate_parameters(deployment.get("parameters") or {})
+
+
+def test_automations_file_is_valid() -> None:
+    from tributary.server import load_automations
+
+    automations = load_automations("00000000-0000-0000-0000-000000000001", stale_after_hours=26)
+    assert {a.name for a in automations} == {"tributary-run-crashed", "tributary-elt-stale"}
+    stale = next(a for a in automations if a.name == "tributary-elt-stale")
+    assert stale.trigger.within.total_seconds() == 26 * 3600
