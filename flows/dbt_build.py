@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import prefect.runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.hooks import notify_failure
-from tributary.dbt import DbtSummary, run_dbt
+from tributary.dbt import DbtSummary, run_dbt_resumable
 from tributary.report import RunReport
 from tributary.settings import get_settings
 
@@ -42,7 +43,10 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     """`dbt build` against the warehouse, holding the warehouse lock; reports every node."""
     params = params or DbtBuildParameters()
     settings = get_settings()
-    summary = run_dbt(params.dbt_args(), settings)
+    # A retry of this flow run resumes from the failed nodes (`dbt retry`).
+    summary = run_dbt_resumable(
+        params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
+    )
     get_run_logger().info(
         "dbt %s: %d models built, %d tests passed",
         summary.command,

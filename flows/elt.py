@@ -19,7 +19,7 @@ from ingestion.pipeline import (
     SourceName,
     run_source,
 )
-from tributary.dbt import DbtSummary, run_dbt
+from tributary.dbt import DbtSummary, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.ops import record_run
 from tributary.report import RunReport
@@ -183,7 +183,9 @@ def elt(params: EltParameters | None = None) -> RunReport:
                 ", ".join(f"{t.table} {t.new} new/{t.updated} updated" for t in load.tables),
             )
         try:
-            dbt: DbtSummary = run_dbt(params.dbt_args(), settings)
+            dbt: DbtSummary = run_dbt_resumable(
+                params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
+            )
         except Exception as exc:
             raise StepFailed("dbt build", exc) from exc
     except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -124,3 +125,39 @@ def _join_node_task_threads(before: set[threading.Thread], timeout: float = 120)
     for thread in set(threading.enumerate()) - before:
         if thread.name.endswith("(run_task)"):
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+RUN_RESULTS = DBT_PROJECT_DIR / "target" / "run_results.json"
+
+
+def _last_invocation_id() -> str | None:
+    try:
+        return json.loads(RUN_RESULTS.read_text())["metadata"]["invocation_id"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def run_dbt_resumable(args: list[str], settings: Settings, run_key: str) -> DbtSummary:
+    """``run_dbt``, but when the same run (``run_key``: the flow run) failed in dbt before,
+    ``dbt retry`` picks up from the failed nodes instead of building everything again.
+
+    The failed attempt leaves a marker naming its dbt invocation; the retry happens only while
+    dbt's ``run_results.json`` is still that invocation's (no other build ran in between);
+    otherwise the whole command runs again, which is always correct, only slower.
+    """
+    marker = settings.data_dir / "dbt-retry" / f"{run_key}.json"
+    command = args
+    if marker.is_file():
+        failed = json.loads(marker.read_text())
+        if failed["invocation_id"] == _last_invocation_id() and failed["args"] == args:
+            command = ["retry"]
+    try:
+        summary = run_dbt(command, settings)
+    except Exception:
+        invocation = _last_invocation_id()
+        if invocation is not None:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"invocation_id": invocation, "args": args}))
+        raise
+    marker.unlink(missing_ok=True)
+    return summary
