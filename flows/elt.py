@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, date, datetime
 
 import prefect.runtime
@@ -22,7 +23,7 @@ from ingestion.pipeline import (
 from tributary.dbt import DbtSummary, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.ops import record_run
-from tributary.report import RunReport
+from tributary.report import Freshness, RunReport
 from tributary.settings import Settings, get_settings
 
 
@@ -137,10 +138,10 @@ def _window_bounds(source: SourceName, window: tuple[date, date]) -> tuple[str, 
 
 def _record(
     settings: Settings, status: str, error: str | None, started_at: datetime, report: RunReport
-) -> None:
+) -> list[Freshness]:
     """One row in ops.pipeline_runs and one per table in ops.table_loads for this run."""
     deployment = prefect.runtime.deployment.name
-    record_run(
+    return record_run(
         settings,
         flow_run_id=str(prefect.runtime.flow_run.id),
         flow_name="elt",
@@ -199,7 +200,8 @@ def elt(params: EltParameters | None = None) -> RunReport:
     report = RunReport(
         warehouse=settings.warehouse, loads=loads, dbt=dbt, seconds=time.monotonic() - started
     )
-    _record(settings, "completed", None, started_at, report)
+    freshness = _record(settings, "completed", None, started_at, report)
+    report = replace(report, freshness=freshness)
     create_markdown_artifact(
         key="elt-run-report", markdown=report.to_markdown(), description="tributary elt run"
     )

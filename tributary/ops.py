@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import duckdb
 
 from tributary.lock import warehouse_lock
-from tributary.report import RunReport
+from tributary.report import Freshness, RunReport
 from tributary.settings import Settings
 
 DDL = """
@@ -51,8 +51,11 @@ def record_run(
     started_at: datetime,
     finished_at: datetime,
     report: RunReport,
-) -> None:
-    """Write one run's facts in one transaction; a retried run replaces its earlier rows."""
+) -> list[Freshness]:
+    """Write one run's facts in one transaction; a retried run replaces its earlier rows.
+
+    Returns each raw dataset's freshness, read in the same connection (a reader cannot open
+    the file while a writer holds it)."""
     dbt = report.dbt
     with (
         warehouse_lock(settings),
@@ -97,6 +100,24 @@ def record_run(
                 "insert into ops.table_loads values (?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
         warehouse.execute("commit")
+        return _freshness(warehouse, finished_at)
+
+
+def _freshness(warehouse: duckdb.DuckDBPyConnection, now: datetime) -> list[Freshness]:
+    """Last completed dlt load per raw dataset (status 0 in its ``_dlt_loads``)."""
+    datasets = warehouse.execute(
+        "select schema_name from duckdb_tables() where table_name = '_dlt_loads' "
+        "and schema_name like 'raw\\_%' escape '\\' order by 1"
+    ).fetchall()
+    result = []
+    for (dataset,) in datasets:
+        [(last,)] = warehouse.execute(
+            f'select max(inserted_at) from "{dataset}"._dlt_loads where status = 0'
+        ).fetchall()
+        if last is not None and last.tzinfo is None:
+            last = last.replace(tzinfo=UTC)
+        result.append(Freshness(dataset=dataset, last_loaded_at=last, checked_at=now))
+    return result
 
 
 _ALL = {"model", "test", "seed", "snapshot", "unit_test"}

@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from ingestion.pipeline import SourceLoad
 from tributary.dbt import DbtSummary
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """When a raw dataset last received a completed load."""
+
+    dataset: str
+    last_loaded_at: datetime | None
+    checked_at: datetime
+
+    @property
+    def age_hours(self) -> float | None:
+        if self.last_loaded_at is None:
+            return None
+        return (self.checked_at - self.last_loaded_at).total_seconds() / 3600
 
 
 @dataclass(frozen=True)
@@ -15,6 +31,7 @@ class RunReport:
     loads: list[SourceLoad] = field(default_factory=list)
     dbt: DbtSummary | None = None
     seconds: float = 0.0
+    freshness: list[Freshness] = field(default_factory=list)
 
     def to_markdown(self) -> str:
         lines = [
@@ -45,4 +62,29 @@ class RunReport:
                 "|---|---:|",
             ]
             lines += [f"| {status} | {n} |" for status, n in sorted(self.dbt.statuses.items())]
+            # Failures first, then the slowest: what a reader of a bad run looks for.
+            order = {"error": 0, "fail": 1, "warn": 2, "skipped": 3}
+            nodes = sorted(self.dbt.nodes, key=lambda n: (order.get(n.status, 4), -n.seconds))
+            lines += ["", "| node | type | status | seconds |", "|---|---|---|---:|"]
+            lines += [
+                f"| {node.unique_id.split('.', 2)[-1]} | {node.resource_type} | {node.status} "
+                f"| {node.seconds:.2f} |"
+                for node in nodes
+            ]
+        if self.freshness:
+            lines += [
+                "",
+                "## Source freshness",
+                "",
+                "| dataset | last load completed (UTC) | age (hours) |",
+                "|---|---|---:|",
+            ]
+            for fresh in self.freshness:
+                when = (
+                    fresh.last_loaded_at.strftime("%Y-%m-%d %H:%M")
+                    if fresh.last_loaded_at
+                    else "never"
+                )
+                age = f"{fresh.age_hours:.1f}" if fresh.age_hours is not None else "-"
+                lines.append(f"| {fresh.dataset} | {when} | {age} |")
         return "\n".join(lines) + "\n"

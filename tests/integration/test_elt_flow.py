@@ -205,3 +205,23 @@ def test_simulated_changes_reach_the_marts_exactly(
 
     assert_marts_match(shop, shop.expected())
     assert_no_duplicate_keys(shop)
+
+
+def test_run_history_holds_one_row_per_run_and_per_table(shop: Shop, third_run: RunReport) -> None:
+    runs = shop.query(
+        "select status, rows_loaded, dbt_nodes_failed from ops.pipeline_runs order by started_at"
+    )
+    assert [(status, failed) for status, _, failed in runs] == [("completed", 0)] * 3
+    assert runs[-1][1] == sum(load.rows_loaded for load in third_run.loads)
+    last = shop.query(
+        "select dataset || '.' || table_name, rows_new, rows_updated from ops.table_loads "
+        "where flow_run_id = (select flow_run_id from ops.pipeline_runs "
+        "order by started_at desc limit 1)"
+    )
+    assert {name: (new, updated) for name, new, updated in last} == _loaded(third_run)
+    assert {fresh.dataset for fresh in third_run.freshness} == {
+        "raw_shop",
+        "raw_payments",
+        "raw_fx",
+    }
+    assert all(fresh.age_hours is not None and fresh.age_hours < 1 for fresh in third_run.freshness)

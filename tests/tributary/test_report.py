@@ -1,8 +1,9 @@
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ingestion.pipeline import SourceLoad, TableLoad
 from tributary.dbt import DbtSummary, NodeResult
-from tributary.report import RunReport
+from tributary.report import Freshness, RunReport
 
 
 def test_report_lists_every_table_and_the_dbt_outcome() -> None:
@@ -31,3 +32,20 @@ def test_report_lists_every_table_and_the_dbt_outcome() -> None:
     assert "| raw_shop | customers | 0 | 0 | 0 |" in markdown
     assert "1 models built, 1 tests passed" in markdown
     assert "| fail | 1 |" in markdown
+    lines = markdown.splitlines()
+    failed = lines.index("| not_null_x | test | fail | 0.10 |")
+    assert failed < lines.index("| fct_orders | model | success | 0.50 |")  # failures first
+
+
+def test_report_shows_source_freshness() -> None:
+    now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    report = RunReport(
+        warehouse=Path("/w.duckdb"),
+        freshness=[
+            Freshness("raw_fx", now - timedelta(hours=30), now),
+            Freshness("raw_shop", None, now),
+        ],
+    )
+    markdown = report.to_markdown()
+    assert "| raw_fx | 2026-11-25 06:00 | 30.0 |" in markdown
+    assert "| raw_shop | never | - |" in markdown
