@@ -38,7 +38,7 @@ class DbtBuildParameters(BaseModel):
         return args
 
 
-@flow(name="dbt", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+@flow(name="dbt", log_prints=True, timeout_seconds=2 * 3600, on_failure=[notify_failure])
 def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     """`dbt build` against the warehouse, holding the warehouse lock; reports every node."""
     params = params or DbtBuildParameters()

@@ -154,7 +154,12 @@ def _record(
     )
 
 
-@flow(name="elt", log_prints=True, on_failure=[notify_failure], on_crashed=[notify_failure])
+@flow(
+    name="elt",
+    log_prints=True,
+    timeout_seconds=4 * 3600,
+    on_failure=[notify_failure],
+)
 def elt(params: EltParameters | None = None) -> RunReport:
     """Ingest the selected sources, then `dbt build`, then publish the run report."""
     params = params or EltParameters()
