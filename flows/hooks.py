@@ -8,7 +8,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 from prefect.settings import PREFECT_UI_URL
 
-from tributary.notify import failure_message, send_webhook
+from tributary.notify import failure_message, send_email, send_webhook
 from tributary.settings import get_settings
 
 
@@ -25,9 +25,13 @@ def _deployment_name(flow: Flow, flow_run: FlowRun) -> str | None:
 
 def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
     logger = get_run_logger()
-    url = get_settings().slack_webhook_url
-    if url is None:
-        logger.info("No failure webhook configured (TRIBUTARY_SLACK_WEBHOOK_URL); not notifying.")
+    settings = get_settings()
+    url = settings.slack_webhook_url
+    if url is None and settings.smtp_host is None:
+        logger.info(
+            "No failure notification configured (TRIBUTARY_SLACK_WEBHOOK_URL, "
+            "TRIBUTARY_SMTP_HOST); not notifying."
+        )
         return
     ui = PREFECT_UI_URL.value()
     try:
@@ -41,5 +45,9 @@ def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
         error=state.message or state.name,
         run_url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None,
     )
-    send_webhook(url, subject, body)
-    logger.info("Failure notification sent.")
+    if url is not None:
+        send_webhook(url, subject, body)
+        logger.info("Failure notification posted to the webhook.")
+    if settings.smtp_host is not None:
+        send_email(settings, subject, body)
+        logger.info("Failure notification e-mailed to %s.", ", ".join(settings.alert_email_to))

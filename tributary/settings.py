@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +47,15 @@ class Settings(BaseSettings):
         description="The demo API's own store; default <data_dir>/payments_api.sqlite.",
     )
     slack_webhook_url: SecretStr | None = None
+    smtp_host: str | None = Field(default=None, description="Send failure e-mails via this host.")
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = Field(default=False, description="Upgrade the connection with STARTTLS.")
+    alert_email_from: str = "tributary@localhost"
+    alert_email_to: list[str] = Field(
+        default_factory=list, description="Recipients of failure e-mails (JSON list in env)."
+    )
     stale_after_hours: float = Field(
         default=26,
         gt=0,
@@ -55,6 +64,15 @@ class Settings(BaseSettings):
     lock_timeout_seconds: float = Field(
         default=3600, gt=0, description="How long a warehouse writer waits for another one."
     )
+
+    @model_validator(mode="after")
+    def _email_needs_recipients(self) -> Settings:
+        if self.smtp_host and not self.alert_email_to:
+            raise ValueError(
+                "TRIBUTARY_ALERT_EMAIL_TO: TRIBUTARY_SMTP_HOST is set but no recipient is; "
+                'give a JSON list, e.g. ["data-team@example.com"]'
+            )
+        return self
 
     @field_validator("payments_api_url", "fx_api_url")
     @classmethod

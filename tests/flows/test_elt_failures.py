@@ -1,4 +1,5 @@
-"""A failing `elt` run fails fast on a permanent error and tells a real webhook why."""
+"""A failing `elt` run fails fast on a permanent error and tells a real webhook and a real
+SMTP server why."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from demo.api import serve_in_background
 from demo.generate import generate
 from flows.elt import EltParameters, StepFailed, elt
-from tests.receivers import webhook_receiver
+from tests.receivers import smtp_receiver, webhook_receiver
 from tributary.settings import Settings, get_settings
 
 
@@ -21,10 +22,14 @@ def test_wrong_token_fails_at_once_and_notifies(
     with (
         serve_in_background(settings.demo_api_db, "the-right-token") as api_url,
         webhook_receiver() as (hook_url, received),
+        smtp_receiver() as (smtp_port, mails),
     ):
         monkeypatch.setenv("TRIBUTARY_DATA_DIR", str(tmp_path))
         monkeypatch.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
         monkeypatch.setenv("TRIBUTARY_SLACK_WEBHOOK_URL", hook_url)
+        monkeypatch.setenv("TRIBUTARY_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("TRIBUTARY_SMTP_PORT", str(smtp_port))
+        monkeypatch.setenv("TRIBUTARY_ALERT_EMAIL_TO", '["data-team@example.com"]')
         monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "a-wrong-token")
         get_settings.cache_clear()
         try:
@@ -41,3 +46,11 @@ def test_wrong_token_fails_at_once_and_notifies(
     assert "401" in text
     assert "a-wrong-token" not in text and "the-right-token" not in text
     assert "Run: " in text
+
+    [mail] = mails
+    assert mail["Subject"] == "tributary: flow `elt` failed"
+    assert mail["To"] == "data-team@example.com"
+    content = mail.get_content()
+    assert "Failed step: ingest payments" in content
+    assert "401" in content
+    assert "a-wrong-token" not in content

@@ -27,3 +27,8 @@ def test_environment_overrides_each_location(
 def test_a_bad_api_url_names_the_setting() -> None:
     with pytest.raises(ValidationError, match="payments_api_url"):
         Settings(payments_api_url="ftp://example")
+
+
+def test_smtp_without_recipients_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="TRIBUTARY_ALERT_EMAIL_TO"):
+        Settings(smtp_host="127.0.0.1")
