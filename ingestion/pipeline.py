@@ -112,6 +112,34 @@ def _row_counts(pipeline: dlt.Pipeline, tables: list[str]) -> dict[str, int]:
         }
 
 
+def _rows_of_loads(
+    pipeline: dlt.Pipeline, tables: list[str], load_ids: list[str]
+) -> dict[str, int]:
+    """Rows each table holds from these loads: inserted or replaced by them. Counted in the
+    warehouse, so it is right for a resumed load too, whose normalising ran in another attempt."""
+    if not tables or not load_ids:
+        return {}
+    with pipeline.sql_client() as client:
+        existing = {
+            row[0]
+            for row in client.execute_sql(
+                "select table_name from information_schema.columns "
+                "where table_schema = %s and column_name = '_dlt_load_id'",
+                client.dataset_name,
+            )
+        }
+        marks = ", ".join(["%s"] * len(load_ids))
+        return {
+            table: client.execute_sql(
+                f"select count(*) from {client.make_qualified_table_name(table)} "
+                f"where _dlt_load_id in ({marks})",
+                *load_ids,
+            )[0][0]
+            for table in tables
+            if table in existing
+        }
+
+
 def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
     """Rows normalised per data table in this run (dlt's own tables left out)."""
     trace = pipeline.last_trace
@@ -177,7 +205,7 @@ def run_source(
             before = _row_counts(pipeline, tables)
             info: LoadInfo = pipeline.load()
             after = _row_counts(pipeline, tables)
-    loaded = _loaded_rows(pipeline)
+            loaded = _rows_of_loads(pipeline, tables, list(info.loads_ids))
     return SourceLoad(
         source=source,
         dataset=pipeline.dataset_name,
