@@ -35,7 +35,7 @@ format: setup
 	$(VENV)/bin/sqlfluff fix dbt_project --disable-progress-bar
 
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --durations=10
 
 clean:
 	rm -rf data dbt_project/target dbt_project/logs

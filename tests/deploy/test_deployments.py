@@ -71,6 +71,19 @@ def _assert_unique_keys(stack: Stack) -> None:
         assert rows == keys, f"{table}: {rows} rows, {keys} distinct {key}"
 
 
+def _wait_alert(stack: Stack, subject: str, timeout: float = 90) -> str:
+    """The first alert whose text contains ``subject``; other alerts may arrive meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for alert in list(stack.alerts):
+            if subject in alert["text"]:
+                return alert["text"]
+        time.sleep(0.5)
+    raise AssertionError(
+        f"no alert with {subject!r} in {timeout} s; got {stack.alerts}\n" + _server_log_tail(stack)
+    )
+
+
 def _server_log_tail(stack: Stack) -> str:
     return "\n".join(
         f"--- {log.name}\n{log.read_text()[-4000:]}" for log in sorted(stack.logs.glob("*.log"))
@@ -149,12 +162,7 @@ def test_failed_run_notifies_with_step_and_cause(stack: Stack) -> None:
     )
     run = _wait_final(stack, run_id)
     assert run["state"]["type"] == "FAILED"
-    deadline = time.monotonic() + 60
-    while not stack.alerts and time.monotonic() < deadline:
-        time.sleep(0.5)
-    [alert] = stack.alerts
-    text = alert["text"]
-    assert "tributary: flow `elt` failed" in text
+    text = _wait_alert(stack, "tributary: flow `elt` failed")
     assert "Deployment: elt/daily" in text
     assert "Failed step: ingest payments" in text
     assert "401" in text
@@ -185,11 +193,31 @@ def test_killed_run_is_reported_by_the_server(stack: Stack) -> None:
     os.kill(_flow_run_pid(run_id), signal.SIGKILL)
     run = _wait_final(stack, run_id)
     assert run["state"]["type"] == "CRASHED"
-    deadline = time.monotonic() + 90
-    while not stack.alerts and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert stack.alerts, "no alert for the crashed run:\n" + _server_log_tail(stack)
-    text = stack.alerts[0]["text"]
-    assert "tributary: flow `elt` crashed" in text
+    text = _wait_alert(stack, "tributary: flow `elt` crashed")
     assert "Deployment: elt/daily" in text
     assert run_id in text
+
+
+def test_no_successful_run_for_too_long_alerts(stack: Stack) -> None:
+    """The stale-warehouse automation from automations.yaml, with a 15 s horizon instead of
+    TRIBUTARY_STALE_AFTER_HOURS, fires when no `elt` run completes in that time."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tributary.server import ALERTS_BLOCK, load_automations
+
+    with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
+        block_id = CustomWebhookNotificationBlock.load(ALERTS_BLOCK)._block_document_id
+        [stale] = [
+            automation.model_copy(update={"name": "tributary-elt-stale-test"})
+            for automation in load_automations(str(block_id), stale_after_hours=15 / 3600)
+            if automation.name == "tributary-elt-stale"
+        ]
+        with get_client(sync_client=True) as client:
+            automation_id = client.create_automation(stale)
+            try:
+                text = _wait_alert(stack, "tributary: no successful `elt` run in", timeout=120)
+            finally:
+                client.delete_automation(automation_id)
+    assert "going stale" in text
