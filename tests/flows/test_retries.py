@@ -3,6 +3,7 @@ permanent ones fail at the first attempt. Attempts are counted on the Prefect se
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from uuid import UUID
 
@@ -20,12 +21,23 @@ from tributary.settings import get_settings
 pytestmark = pytest.mark.integration
 
 
-def _attempts(flow_run_id: UUID) -> dict[str, int]:
+def _attempts(flow_run_id: UUID, timeout: float = 120) -> dict[str, int]:
+    """Attempts per ingest task run, once the server has recorded their final states (it
+    records task runs from events, which can trail the flow by seconds on a busy server)."""
+    deadline = time.monotonic() + timeout
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {run.name: run.run_count for run in runs if run.name.startswith("ingest-")}
+        while True:
+            runs = [
+                run
+                for run in client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+                if run.name.startswith("ingest-")
+            ]
+            if runs and all(run.state is not None and run.state.is_final() for run in runs):
+                return {run.name: run.run_count for run in runs}
+            assert time.monotonic() < deadline, f"task runs not recorded: {runs}"
+            time.sleep(0.5)
 
 
 @pytest.fixture
