@@ -49,6 +49,14 @@ def _logs(stack: Stack, run_id: str) -> str:
     return "\n".join(entry["message"] for entry in logs)
 
 
+def _wait_log(stack: Stack, run_id: str, line: str, timeout: float = 60) -> None:
+    """Logs reach the server in batches, possibly after the run's final state: poll."""
+    deadline = time.monotonic() + timeout
+    while line not in (logs := _logs(stack, run_id)):
+        assert time.monotonic() < deadline, f"{line!r} not in the run's logs:\n{logs}"
+        time.sleep(0.5)
+
+
 def _trigger(stack: Stack, deployment: str, *args: str) -> str:
     result = stack.prefect("deployment", "run", deployment, *args)
     return _run_id(result.stdout)
@@ -117,7 +125,7 @@ def test_daily_then_dbt_build_through_the_cli(stack: Stack) -> None:
     )
     run = _wait_final(stack, run_id)
     assert run["state"]["type"] == "COMPLETED", _logs(stack, run_id)
-    assert "dbt build --select fct_daily_revenue: 1 models built" in _logs(stack, run_id)
+    _wait_log(stack, run_id, "dbt build --select fct_daily_revenue: 1 models built")
     assert _warehouse(stack, "select count(*) from marts.dim_customers") == built_before
 
 
@@ -201,23 +209,24 @@ def test_killed_run_is_reported_by_the_server(stack: Stack) -> None:
 def test_no_successful_run_for_too_long_alerts(stack: Stack) -> None:
     """The stale-warehouse automation from automations.yaml, with a 15 s horizon instead of
     TRIBUTARY_STALE_AFTER_HOURS, fires when no `elt` run completes in that time."""
-    from prefect.blocks.notifications import CustomWebhookNotificationBlock
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
+    # Over the REST API: Prefect clients or settings made in this process would outlive the
+    # test and point later in-process flows' reads at this server.
     from tributary.server import ALERTS_BLOCK, load_automations
 
-    with temporary_settings({PREFECT_API_URL: stack.env["PREFECT_API_URL"]}):
-        block_id = CustomWebhookNotificationBlock.load(ALERTS_BLOCK)._block_document_id
-        [stale] = [
-            automation.model_copy(update={"name": "tributary-elt-stale-test"})
-            for automation in load_automations(str(block_id), stale_after_hours=15 / 3600)
-            if automation.name == "tributary-elt-stale"
-        ]
-        with get_client(sync_client=True) as client:
-            automation_id = client.create_automation(stale)
-            try:
-                text = _wait_alert(stack, "tributary: no successful `elt` run in", timeout=120)
-            finally:
-                client.delete_automation(automation_id)
+    [block] = _api(
+        stack,
+        "POST",
+        "/block_documents/filter",
+        json={"block_documents": {"name": {"any_": [ALERTS_BLOCK]}}},
+    )
+    [stale] = [
+        automation.model_copy(update={"name": "tributary-elt-stale-test"})
+        for automation in load_automations(block["id"], stale_after_hours=15 / 3600)
+        if automation.name == "tributary-elt-stale"
+    ]
+    created = _api(stack, "POST", "/automations/", json=stale.model_dump(mode="json"))
+    try:
+        text = _wait_alert(stack, "tributary: no successful `elt` run in", timeout=120)
+    finally:
+        httpx.delete(f"{stack.env['PREFECT_API_URL']}/automations/{created['id']}", timeout=30)
     assert "going stale" in text
