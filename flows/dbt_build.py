@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.hooks import notify_failure
-from tributary.dbt import DbtSummary, run_dbt_resumable
+from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.report import RunReport
 from tributary.settings import get_settings
 
@@ -28,14 +28,7 @@ class DbtBuildParameters(BaseModel):
     )
 
     def dbt_args(self) -> list[str]:
-        args = ["build"]
-        if self.select:
-            args += ["--select", *self.select]
-        if self.exclude:
-            args += ["--exclude", *self.exclude]
-        if self.full_refresh:
-            args.append("--full-refresh")
-        return args
+        return build_args(self.select, self.exclude, full_refresh=self.full_refresh)
 
 
 @flow(name="dbt", log_prints=True, timeout_seconds=2 * 3600, on_failure=[notify_failure])

@@ -20,7 +20,7 @@ from ingestion.pipeline import (
     SourceName,
     run_source,
 )
-from tributary.dbt import DbtSummary, run_dbt_resumable
+from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.ops import record_run
 from tributary.report import Freshness, RunReport
@@ -87,12 +87,7 @@ class EltParameters(BaseModel):
         return self.window_start, self.window_end
 
     def dbt_args(self) -> list[str]:
-        args = ["build"]
-        if self.dbt_select:
-            args += ["--select", *self.dbt_select]
-        if self.dbt_exclude:
-            args += ["--exclude", *self.dbt_exclude]
-        return args
+        return build_args(self.dbt_select, self.dbt_exclude)
 
 
 class StepFailed(RuntimeError):

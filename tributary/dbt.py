@@ -98,6 +98,18 @@ def _environment(variables: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def build_args(select: list[str], exclude: list[str], *, full_refresh: bool = False) -> list[str]:
+    """`dbt build` arguments; empty ``select`` builds everything."""
+    args = ["build"]
+    if select:
+        args += ["--select", *select]
+    if exclude:
+        args += ["--exclude", *exclude]
+    if full_refresh:
+        args.append("--full-refresh")
+    return args
+
+
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
     """Invoke dbt in-process against the settings' warehouse; raises naming every failed node."""
     runner = PrefectDbtRunner(
