@@ -16,7 +16,7 @@ $(UV):
 	.uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 $(VENV)/.synced: $(UV) pyproject.toml uv.lock
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 	touch $@
 
 setup: $(VENV)/.synced
@@ -36,6 +36,12 @@ format: setup
 
 test: lint
 	$(VENV)/bin/pytest --durations=10
+
+# Not part of CI: PostgreSQL → DuckDB against the COPY limit and dlt's default backend.
+# BENCH_ARGS="--rows 5000000" for the large run.
+bench: setup
+	$(UV) sync --frozen --quiet --compile-bytecode --group bench
+	$(VENV)/bin/python -m bench.sql_to_duckdb $(BENCH_ARGS)
 
 clean:
 	rm -rf data dbt_project/target dbt_project/logs

@@ -181,7 +181,10 @@ def elt(params: EltParameters | None = None) -> RunReport:
                 source,
                 load.rows_loaded,
                 load.dataset,
-                ", ".join(f"{t.table} {t.new} new/{t.updated} updated" for t in load.tables),
+                ", ".join(
+                    f"{t.table} {t.new} new/{t.updated} updated/{t.deleted} deleted"
+                    for t in load.tables
+                ),
             )
         try:
             dbt: DbtSummary = run_dbt_resumable(

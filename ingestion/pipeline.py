@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import dlt
+import pyarrow as pa
+from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltSource
 
 from ingestion.fx import fx
 from ingestion.payments import payments
-from ingestion.shop import shop
+from ingestion.shop import database_url, shop
+from ingestion.shop.keys import source_keys as source_keys_of
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 
@@ -22,15 +25,15 @@ SOURCE_NAMES: tuple[SourceName, ...] = ("shop", "payments", "fx")
 
 @dataclass(frozen=True)
 class TableLoad:
-    """Rows one load wrote to one raw table: ``new`` keys plus ``updated`` existing ones."""
+    """What one load did to one raw table: ``loaded`` rows written (re-read rows included),
+    of which ``new`` keys and ``updated`` changed rows; ``deleted`` rows removed (soft deletes
+    and keys gone from the source)."""
 
     table: str
     loaded: int
     new: int
-
-    @property
-    def updated(self) -> int:
-        return self.loaded - self.new
+    updated: int
+    deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,18 +53,33 @@ def dataset_name(source: SourceName) -> str:
     return f"raw_{source}"
 
 
-def _shop_source(settings: Settings) -> DltSource:
-    if settings.shop_url is None and dlt.secrets.get("sources.shop.credentials") is None:
-        path = settings.shop_sqlite_path
-        if not path.is_file():
-            raise ConfigurationError(
-                f"TRIBUTARY_SHOP_DB_PATH: no shop database at {path}. Generate the sample shop "
-                "with `python -m demo generate`, or point TRIBUTARY_SHOP_URL at your database."
-            )
-        return shop(credentials=settings.shop_connection_url)
+def _shop_credentials(settings: Settings) -> str:
+    """The shop database URL: ``TRIBUTARY_SHOP_URL``, else dlt's ``sources.shop.credentials``
+    secret, else the SQLite file (which must exist)."""
     if settings.shop_url is not None:
-        return shop(credentials=settings.shop_connection_url)
-    return shop()
+        return settings.shop_connection_url
+    secret = dlt.secrets.get("sources.shop.credentials")
+    if secret is not None:
+        credentials = ConnectionStringCredentials()
+        if isinstance(secret, str):
+            credentials.parse_native_representation(secret)
+        else:
+            credentials.update(secret)
+        return credentials.to_native_representation()
+    path = settings.shop_sqlite_path
+    if not path.is_file():
+        raise ConfigurationError(
+            f"TRIBUTARY_SHOP_DB_PATH: no shop database at {path}. Generate the sample shop "
+            "with `python -m demo generate`, or point TRIBUTARY_SHOP_URL at your database."
+        )
+    return settings.shop_connection_url
+
+
+def _shop_source(settings: Settings) -> DltSource:
+    options = {"tables": settings.shop_tables} if settings.shop_tables else {}
+    return shop(
+        credentials=_shop_credentials(settings), lag_seconds=settings.shop_lag_seconds, **options
+    )
 
 
 SOURCE_FACTORIES: dict[SourceName, Callable[[Settings], DltSource]] = {
@@ -90,35 +108,14 @@ def make_pipeline(source: SourceName, settings: Settings) -> dlt.Pipeline:
     )
 
 
-def _row_counts(pipeline: dlt.Pipeline, tables: list[str]) -> dict[str, int]:
-    """Rows per table now in the warehouse (0 for a table that does not exist yet)."""
-    if not tables:
-        return {}
-    with pipeline.sql_client() as client:
-        existing = {
-            row[0]
-            for row in client.execute_sql(
-                "select table_name from information_schema.tables where table_schema = %s",
-                client.dataset_name,
-            )
-        }
-        return {
-            table: client.execute_sql(
-                f"select count(*) from {client.make_qualified_table_name(table)}"
-            )[0][0]
-            if table in existing
-            else 0
-            for table in tables
-        }
-
-
-def _rows_of_loads(
-    pipeline: dlt.Pipeline, tables: list[str], load_ids: list[str]
+def _count_rows(
+    pipeline: dlt.Pipeline, tables: list[str], load_ids: Sequence[str] | None = None
 ) -> dict[str, int]:
-    """Rows each table holds from these loads: inserted or replaced by them. Counted in the
-    warehouse, so it is right for a resumed load too, whose normalising ran in another attempt."""
-    if not tables or not load_ids:
-        return {}
+    """Rows per table now in the warehouse, or only those these loads inserted or replaced
+    (counted in the warehouse, so right for a resumed load too). A table that does not exist
+    yet counts 0."""
+    if not tables or load_ids == []:
+        return dict.fromkeys(tables, 0)
     with pipeline.sql_client() as client:
         existing = {
             row[0]
@@ -128,16 +125,126 @@ def _rows_of_loads(
                 client.dataset_name,
             )
         }
-        marks = ", ".join(["%s"] * len(load_ids))
+        where = f"where _dlt_load_id in ({', '.join(['%s'] * len(load_ids))})" if load_ids else ""
         return {
             table: client.execute_sql(
-                f"select count(*) from {client.make_qualified_table_name(table)} "
-                f"where _dlt_load_id in ({marks})",
-                *load_ids,
+                f"select count(*) from {client.make_qualified_table_name(table)} {where}",
+                *(load_ids or ()),
             )[0][0]
-            for table in tables
             if table in existing
+            else 0
+            for table in tables
         }
+
+
+def _key_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
+    columns = pipeline.default_schema.get_table_columns(table)
+    return [name for name, column in columns.items() if column.get("primary_key")]
+
+
+def _pending_parquet(pipeline: dlt.Pipeline) -> dict[str, list[str]]:
+    """The parquet files per table that the normalised packages are about to load."""
+    files: dict[str, list[str]] = {}
+    for load_id in pipeline.list_normalized_load_packages():
+        info = pipeline.get_load_package_info(load_id)
+        for job in info.jobs.get("new_jobs", []):
+            if job.job_file_info.file_format == "parquet":
+                files.setdefault(job.job_file_info.table_name, []).append(job.file_path)
+    return files
+
+
+def _changes(
+    pipeline: dlt.Pipeline, tables: list[str], *, refreshed: bool = False
+) -> dict[str, tuple[int, int, int]]:
+    """(new, updated, deleted) per table, read off the pending parquet files against the
+    warehouse before they load: new keys, keys whose loaded columns differ, and flagged soft
+    deletes of keys the warehouse holds. Rows re-read unchanged (the lag window) count in none.
+    Tables without a primary key or without parquet files are left out. ``refreshed``: the
+    load drops the tables first, so every row counts as new."""
+    files = _pending_parquet(pipeline)
+    changes: dict[str, tuple[int, int, int]] = {}
+    with pipeline.sql_client() as client:
+        existing = {
+            row[0]
+            for row in client.execute_sql(
+                "select table_name from information_schema.tables where table_schema = %s",
+                client.dataset_name,
+            )
+        }
+        for table in tables:
+            keys = _key_columns(pipeline, table)
+            if not keys or table not in files:
+                continue
+            columns = pipeline.default_schema.get_table_columns(table)
+            flagged = [name for name, column in columns.items() if column.get("hard_delete")]
+            paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files[table])
+            package = f"read_parquet([{paths}], union_by_name = true)"
+            deleted_flag = " or ".join(f"p.{name} is not null" for name in flagged) or "false"
+            key_list = ", ".join(keys)
+            if refreshed or table not in existing:
+                [(new,)] = client.execute_sql(
+                    f"select count(*) from (select distinct {key_list} from {package} p "
+                    f"where not ({deleted_flag}))"
+                )
+                changes[table] = (new, 0, 0)
+                continue
+            raw = client.make_qualified_table_name(table)
+            in_raw = {
+                row[0]
+                for row in client.execute_sql(
+                    "select column_name from information_schema.columns "
+                    "where table_schema = %s and table_name = %s",
+                    client.dataset_name,
+                    table,
+                )
+            }
+            shared = [
+                row[0]
+                for row in client.execute_sql(f"describe select * from {package}")
+                if row[0] in in_raw and not row[0].startswith("_dlt_")
+            ]
+            differs = " or ".join(f"p.{name} is distinct from r.{name}" for name in shared)
+            on = " and ".join(f"p.{key} = r.{key}" for key in keys)
+            [(new, updated, deleted)] = client.execute_sql(
+                f"""
+                select
+                    count(distinct ({key_list})) filter (where r_key is null and not gone),
+                    count(distinct ({key_list})) filter (where r_key is not null and not gone
+                        and changed),
+                    count(distinct ({key_list})) filter (where r_key is not null and gone)
+                from (
+                    select {", ".join(f"p.{key}" for key in keys)},
+                        r.{keys[0]} as r_key,
+                        ({deleted_flag}) as gone,
+                        ({differs or "false"}) as changed
+                    from {package} p left join {raw} r on {on}
+                )
+                """
+            )
+            changes[table] = (new, updated, deleted)
+    return changes
+
+
+def _reconcile(pipeline: dlt.Pipeline, source_keys: dict[str, pa.Table]) -> dict[str, int]:
+    """Deletes the warehouse rows whose key the source no longer holds (hard deletes).
+    ``source_keys`` were read after extraction, so every key loaded now was in them unless
+    it has since been deleted. Returns rows deleted per table."""
+    deleted: dict[str, int] = {}
+    with pipeline.sql_client() as client:
+        connection = client.native_connection
+        for table, keys in source_keys.items():
+            raw = client.make_qualified_table_name(table)
+            key_list = ", ".join(keys.column_names)
+            connection.register("tributary_source_keys", keys)
+            try:
+                [(count,)] = connection.execute(
+                    f"delete from {raw} where rowid in (select r.rowid from {raw} r "
+                    f"anti join tributary_source_keys using ({key_list}))"
+                ).fetchall()
+            finally:
+                connection.unregister("tributary_source_keys")
+            deleted[table] = count
+    return deleted
 
 
 def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
@@ -201,22 +308,44 @@ def run_source(
             pipeline.extract(dlt_source, refresh=refresh)
             pipeline.normalize()
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
+        # Keys are read after extraction: a key loaded now is in them unless deleted since.
+        source_keys = (
+            {
+                table: source_keys_of(database_url(_shop_credentials(settings)), table, keys)
+                for table in tables
+                if (keys := _key_columns(pipeline, table))
+            }
+            if source == "shop" and settings.shop_reconcile_deletes
+            else {}
+        )
+        fresh = bool(refresh) and not resumed
         with warehouse_lock(settings):
-            before = _row_counts(pipeline, tables)
+            before = _count_rows(pipeline, tables)
+            changes = _changes(pipeline, tables, refreshed=fresh)
             info: LoadInfo = pipeline.load()
-            after = _row_counts(pipeline, tables)
-            loaded = _rows_of_loads(pipeline, tables, list(info.loads_ids))
+            after = _count_rows(pipeline, tables)
+            loaded = _count_rows(pipeline, tables, list(info.loads_ids))
+            removed = _reconcile(pipeline, source_keys)
+    table_loads = []
+    for table in tables:
+        if table in changes:
+            new, updated, deleted = changes[table]
+        else:  # no key or not arrow: counted from row totals
+            new = after[table] - (0 if fresh else before[table])
+            updated, deleted = loaded.get(table, 0) - new, 0
+        table_loads.append(
+            TableLoad(
+                table=table,
+                loaded=loaded.get(table, 0),
+                new=new,
+                updated=updated,
+                deleted=deleted + removed.get(table, 0),
+            )
+        )
     return SourceLoad(
         source=source,
         dataset=pipeline.dataset_name,
         load_ids=list(info.loads_ids),
         resumed=resumed,
-        tables=[
-            TableLoad(
-                table=table,
-                loaded=loaded.get(table, 0),
-                new=after[table] - (0 if refresh and not resumed else before[table]),
-            )
-            for table in tables
-        ],
+        tables=table_loads,
     )

@@ -106,13 +106,13 @@ def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
 
 def _print_summary(report: RunReport) -> None:
     table = Table(title="Rows loaded this run")
-    for column in ("raw table", "loaded", "new", "updated"):
+    for column in ("raw table", "loaded", "new", "updated", "deleted"):
         table.add_column(column, justify="left" if column == "raw table" else "right")
     for load in report.loads:
         for row in load.tables:
             table.add_row(
                 f"{load.dataset}.{row.table}",
-                *(f"{n:,}" for n in (row.loaded, row.new, row.updated)),
+                *(f"{n:,}" for n in (row.loaded, row.new, row.updated, row.deleted)),
             )
     console.print(table)
     dbt = report.dbt

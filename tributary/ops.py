@@ -34,9 +34,12 @@ create table if not exists ops.table_loads (
     rows_loaded bigint not null,
     rows_new bigint not null,
     rows_updated bigint not null,
+    rows_deleted bigint not null default 0,
     loaded_at timestamptz not null,
     primary key (flow_run_id, dataset, table_name)
 );
+-- warehouses made before deletes were counted
+alter table ops.table_loads add column if not exists rows_deleted bigint default 0;
 """
 
 
@@ -90,6 +93,7 @@ def record_run(
                 table.loaded,
                 table.new,
                 table.updated,
+                table.deleted,
                 finished_at,
             ]
             for load in report.loads
@@ -97,7 +101,10 @@ def record_run(
         ]
         if rows:
             warehouse.executemany(
-                "insert into ops.table_loads values (?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "insert into ops.table_loads (flow_run_id, dataset, table_name, load_ids, "
+                "rows_loaded, rows_new, rows_updated, rows_deleted, loaded_at) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
         warehouse.execute("commit")
         return _freshness(warehouse, finished_at)

@@ -41,14 +41,14 @@ class RunReport:
             "",
             "## Rows loaded",
             "",
-            "| dataset | table | loaded | new | updated |",
-            "|---|---|---:|---:|---:|",
+            "| dataset | table | loaded | new | updated | deleted |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         for load in self.loads:
             for table in load.tables:
                 lines.append(
                     f"| {load.dataset} | {table.table} | {table.loaded} | {table.new} "
-                    f"| {table.updated} |"
+                    f"| {table.updated} | {table.deleted} |"
                 )
         if self.dbt is not None:
             lines += [

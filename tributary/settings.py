@@ -37,6 +37,22 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL of a shop database that is not the SQLite default. It may "
         "hold a password, so it is a secret; dlt's SOURCES__SHOP__CREDENTIALS works too.",
     )
+    shop_tables: list[str] | None = Field(
+        default=None,
+        description="Shop tables to load (JSON list in env); default `[sources.shop] tables` "
+        "in .dlt/config.toml.",
+    )
+    shop_lag_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="Each shop read starts this far behind the last `updated_at` seen, so rows "
+        "committed late are not skipped; at least the longest write transaction.",
+    )
+    shop_reconcile_deletes: bool = Field(
+        default=True,
+        description="After each shop load, delete warehouse rows whose primary key the source "
+        "no longer holds (one key-only scan per table).",
+    )
     warehouse_path: Path | None = Field(
         default=None, description="DuckDB warehouse file; default <data_dir>/warehouse.duckdb."
     )

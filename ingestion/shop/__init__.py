@@ -6,29 +6,65 @@ import dlt
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.extract import DltResource
 from dlt.sources.sql_database import sql_database
+from sqlalchemy.engine import URL, make_url
 
-from ingestion.shop.settings import CHUNK_SIZE, CURSOR_COLUMN, TABLES
+from ingestion.shop import adbc
+from ingestion.shop.settings import (
+    CHUNK_SIZE,
+    CURSOR_COLUMN,
+    DELETED_COLUMN,
+    DRIVERS,
+    LAG_SECONDS,
+    TABLES,
+)
 
 
-@dlt.source(name="shop")
+def database_url(credentials: ConnectionStringCredentials | str) -> URL:
+    """The shop database as a SQLAlchemy URL, with the driver tributary installs for its
+    dialect when the URL names none (``postgresql://`` → psycopg, ``mysql://`` → PyMySQL)."""
+    url = credentials.to_url() if isinstance(credentials, ConnectionStringCredentials) else None
+    url = url or make_url(credentials)
+    if "+" not in url.drivername and url.drivername in DRIVERS:
+        url = url.set(drivername=f"{url.drivername}+{DRIVERS[url.drivername]}")
+    return url
+
+
+def backend_for(url: URL) -> str:
+    """ADBC's COPY-based arrow reader for PostgreSQL; dlt's arrow backend elsewhere."""
+    return adbc.BACKEND if url.get_backend_name() == "postgresql" else "pyarrow"
+
+
+@dlt.source(name="shop", parallelized=True)
 def shop(
     credentials: ConnectionStringCredentials | str = dlt.secrets.value,
     tables: Sequence[str] = TABLES,
     chunk_size: int = CHUNK_SIZE,
+    lag_seconds: float = LAG_SECONDS,
 ) -> Iterable[DltResource]:
-    """Every listed table, read as arrow batches, incremental on ``updated_at`` and merged on
-    the table's primary key, so a re-run adds nothing and a changed row replaces its old copy."""
+    """Every listed table, read as arrow batches (tables in parallel), incremental on
+    ``updated_at`` and merged on the table's primary key, so a re-run adds nothing and a changed
+    row replaces its old copy.
+
+    Each read starts ``lag_seconds`` before the last high-water mark: a row whose ``updated_at``
+    was stamped before that mark but committed after the read (a long transaction) is still
+    found on the next run (dlt#2269). Rows re-read inside the window merge onto themselves.
+    A row whose ``deleted_at`` is set is removed from the warehouse (a soft delete becomes a
+    hard one); rows deleted outright are found by key reconciliation after the load.
+    """
+    url = database_url(credentials)
     database = sql_database(
-        credentials=credentials,
+        credentials=url.render_as_string(hide_password=False),
         table_names=list(tables),
-        backend="pyarrow",
+        backend=backend_for(url),
         chunk_size=chunk_size,
         reflection_level="full",
         detect_precision_hints=None,  # the default False only triggers dlt's deprecation warning
     )
     for resource in database.resources.values():
+        columns = resource.columns if isinstance(resource.columns, dict) else {}
         resource.apply_hints(
             write_disposition="merge",
-            incremental=dlt.sources.incremental(CURSOR_COLUMN),
+            incremental=dlt.sources.incremental(CURSOR_COLUMN, lag=lag_seconds or None),
+            columns={DELETED_COLUMN: {"hard_delete": True}} if DELETED_COLUMN in columns else None,
         )
         yield resource

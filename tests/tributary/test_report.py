@@ -14,7 +14,10 @@ def test_report_lists_every_table_and_the_dbt_outcome() -> None:
                 source="shop",
                 dataset="raw_shop",
                 load_ids=["1"],
-                tables=[TableLoad("orders", loaded=10, new=7), TableLoad("customers", 0, 0)],
+                tables=[
+                    TableLoad("orders", loaded=10, new=7, updated=3),
+                    TableLoad("customers", 0, 0, 0),
+                ],
             )
         ],
         dbt=DbtSummary(
