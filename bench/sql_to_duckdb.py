@@ -79,7 +79,7 @@ def make_source(admin_url: str, rows: int) -> None:
                 1000 + mod(g * 31, 90000), mod(g * 31, 9000), 1000 + mod(g * 31, 90000)
                     + mod(g * 31, 9000),
                 timestamp '2025-01-01' + g * interval '20 seconds'
-            from generate_series(1, %s) g
+            from generate_series(1::bigint, %s) g
             """,
             [rows],
         )
@@ -259,7 +259,7 @@ def summarise(
 
 def print_table(figures: dict[str, Any], console: Console) -> None:
     table = Table(title=f"PostgreSQL → DuckDB, {figures['rows']:,} rows (medians)")
-    for column in ("path", "wall s", "rows/s", "× limit", "of full load", "peak RSS MiB"):
+    for column in ("path", "wall s", "rows/s", "x limit", "of full load", "peak RSS MiB"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for path, row in figures["paths"].items():
         table.add_row(
@@ -272,7 +272,7 @@ def print_table(figures: dict[str, Any], console: Console) -> None:
         )
     console.print(table)
     console.print(
-        f"tributary is {figures['tributary_vs_dlt_default']}× dlt's default backend; "
+        f"tributary is {figures['tributary_vs_dlt_default']}x dlt's default backend; "
         f"the 1% update touched {figures['rows_changed_1pct']:,} rows."
     )
 

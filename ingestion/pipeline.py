@@ -87,6 +87,8 @@ SOURCE_FACTORIES: dict[SourceName, Callable[[Settings], DltSource]] = {
     "payments": lambda settings: payments(base_url=settings.payments_api_url),
     "fx": lambda settings: fx(base_url=settings.fx_api_url),
 }
+# Sources whose tables mirror a database's: a table read whole replaces its warehouse copy.
+MIRRORED_SOURCES: frozenset[SourceName] = frozenset({"shop"})
 # Sources that take a backfill window: (ISO start, ISO end) over their incremental cursor.
 WINDOWED_SOURCES: dict[SourceName, Callable[[Settings, tuple[str, str]], DltSource]] = {
     "payments": lambda settings, window: payments(
@@ -255,6 +257,15 @@ def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
     return {table: rows for table, rows in counts.items() if not table.startswith("_dlt")}
 
 
+def _full_reads(pipeline: dlt.Pipeline, dlt_source: DltSource, refresh: str | None) -> set[str]:
+    """The tables this run reads whole: refreshed, or with no incremental state yet."""
+    selected = set(dlt_source.resources.selected)
+    if refresh:
+        return selected
+    state = pipeline.state.get("sources", {}).get(dlt_source.name, {}).get("resources", {})
+    return {table for table in selected if not state.get(table, {}).get("incremental")}
+
+
 def run_source(
     source: SourceName,
     settings: Settings,
@@ -301,10 +312,16 @@ def run_source(
         with warehouse_lock(settings):
             pipeline.sync_destination()
         resumed = pipeline.has_pending_data
+        full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
                 pipeline.normalize()
         else:
+            if source in MIRRORED_SOURCES:
+                full_reads = _full_reads(pipeline, dlt_source, refresh)
+                for table in full_reads:
+                    # A whole table replaces the warehouse's copy: no merge staging to pay for.
+                    dlt_source.resources[table].apply_hints(write_disposition="replace")
             pipeline.extract(dlt_source, refresh=refresh)
             pipeline.normalize()
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
@@ -313,7 +330,7 @@ def run_source(
             {
                 table: source_keys_of(database_url(_shop_credentials(settings)), table, keys)
                 for table in tables
-                if (keys := _key_columns(pipeline, table))
+                if table not in full_reads and (keys := _key_columns(pipeline, table))
             }
             if source == "shop" and settings.shop_reconcile_deletes
             else {}
@@ -321,7 +338,9 @@ def run_source(
         fresh = bool(refresh) and not resumed
         with warehouse_lock(settings):
             before = _count_rows(pipeline, tables)
-            changes = _changes(pipeline, tables, refreshed=fresh)
+            changes = _changes(
+                pipeline, [table for table in tables if table not in full_reads], refreshed=fresh
+            )
             info: LoadInfo = pipeline.load()
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
@@ -330,8 +349,8 @@ def run_source(
     for table in tables:
         if table in changes:
             new, updated, deleted = changes[table]
-        else:  # no key or not arrow: counted from row totals
-            new = after[table] - (0 if fresh else before[table])
+        else:  # a whole table, no key or not arrow: counted from row totals
+            new = after[table] - (0 if fresh or table in full_reads else before[table])
             updated, deleted = loaded.get(table, 0) - new, 0
         table_loads.append(
             TableLoad(

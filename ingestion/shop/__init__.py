@@ -1,12 +1,16 @@
 """The shop's operational database: customers, stores, products, orders and order items."""
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import dlt
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.extract import DltResource
+from dlt.extract.incremental import Incremental
 from dlt.sources.sql_database import sql_database
+from sqlalchemy import Select, Table, create_engine, inspect
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 from ingestion.shop import adbc
 from ingestion.shop.settings import (
@@ -17,6 +21,7 @@ from ingestion.shop.settings import (
     LAG_SECONDS,
     TABLES,
 )
+from tributary.settings import ConfigurationError
 
 
 def database_url(credentials: ConnectionStringCredentials | str) -> URL:
@@ -32,6 +37,16 @@ def database_url(credentials: ConnectionStringCredentials | str) -> URL:
 def backend_for(url: URL) -> str:
     """ADBC's COPY-based arrow reader for PostgreSQL; dlt's arrow backend elsewhere."""
     return adbc.BACKEND if url.get_backend_name() == "postgresql" else "pyarrow"
+
+
+def _skip_soft_deleted_on_a_full_read(
+    query: Select, table: Table, incremental: Incremental | None = None, engine: Any = None
+) -> Select:
+    """A first (whole-table) read leaves soft-deleted rows out; later reads need them, so that
+    the warehouse deletes its copies."""
+    if DELETED_COLUMN in table.c and (incremental is None or incremental.last_value is None):
+        return query.where(table.c[DELETED_COLUMN].is_(None))
+    return query
 
 
 @dlt.source(name="shop", parallelized=True)
@@ -52,8 +67,17 @@ def shop(
     hard one); rows deleted outright are found by key reconciliation after the load.
     """
     url = database_url(credentials)
+    # No pool: a connection closes after each use, so none outlives a failed run.
+    engine = create_engine(url, poolclass=NullPool)
+    missing = sorted(set(tables) - set(inspect(engine).get_table_names()))
+    if missing:
+        raise ConfigurationError(
+            f"TRIBUTARY_SHOP_TABLES / [sources.shop] tables: no table {', '.join(missing)} in "
+            f"the shop database {url.render_as_string(hide_password=True)}"
+        )
     database = sql_database(
-        credentials=url.render_as_string(hide_password=False),
+        query_adapter_callback=_skip_soft_deleted_on_a_full_read,
+        credentials=engine,
         table_names=list(tables),
         backend=backend_for(url),
         chunk_size=chunk_size,

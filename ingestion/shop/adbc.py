@@ -44,9 +44,16 @@ class AdbcTableLoader(BaseTableLoader):
                 **{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)}
             )
             cursor.execute(query)
-            for batch in cursor.fetch_record_batch():
+            reader = cursor.fetch_record_batch()
+            # COPY says nothing of NOT NULL: take nullability from the reflected columns, so
+            # arrow and dlt schemas agree (else dlt warns on every batch).
+            schema = pa.schema(
+                field.with_nullable(self.columns.get(field.name, {}).get("nullable", True))
+                for field in reader.schema
+            )
+            for batch in reader:
                 if batch.num_rows:
-                    yield pa.Table.from_batches([batch])
+                    yield pa.Table.from_batches([batch]).cast(schema)
 
 
 register_table_loader_backend(BACKEND, AdbcTableLoader)
