@@ -44,13 +44,19 @@ def simulate(
     seed: int = typer.Option(0, help="Seed of this step."),
     shop_url: str | None = typer.Option(None, help="SQLAlchemy URL; default from settings."),
     api_db: Path | None = typer.Option(None, help="Payments store; default from settings."),
+    deletes: bool = typer.Option(
+        False, help="Also soft-delete customers and products and hard-delete unpaid orders."
+    ),
 ) -> None:
     """Move the shop forward one step: new orders, status changes, late updates, refunds."""
     from demo.simulate import simulate as run
 
     settings = get_settings()
     result = run(
-        shop_url or settings.shop_connection_url, api_db or settings.demo_api_db, seed=seed
+        shop_url or settings.shop_connection_url,
+        api_db or settings.demo_api_db,
+        seed=seed,
+        deletes=deletes,
     )
     console.print(result.describe())
 

@@ -23,6 +23,16 @@ from demo.rates import convert_cents, rate_walk
 
 HISTORY_DAYS = 365
 CHUNK_ROWS = 50_000
+# Rows nothing refers to, as every real shop has them: customers who signed up in the last
+# month and never ordered (a share of the others, at least the minimum), products not sold
+# yet. The simulator soft-deletes only such rows, so no order is left pointing at one.
+IDLE_CUSTOMER_SHARE = 0.05
+MIN_IDLE_CUSTOMERS = 5
+IDLE_PRODUCTS = 6
+IDLE_DAYS = 30
+# Cancelled orders cancelled before anyone paid: no payment at all, so the simulator can
+# hard-delete them without the payment provider still pointing at them.
+UNPAID_CANCELLED_SHARE = 0.5
 FIRST_NAMES = [
     "Ada",
     "Alan",
@@ -241,8 +251,9 @@ def _shop_tables(rng: np.random.Generator, orders: int, end: int) -> dict[str, d
 def _payments(
     rng: np.random.Generator, orders: dict[str, Any], n_customers: int, end: int, rates: dict
 ) -> dict[str, Any]:
-    """One succeeded payment per order past 'placed' (some after a failed attempt), pending or
-    none for placed orders, full refunds for cancelled and returned ones."""
+    """One succeeded payment per order past 'placed' (some after a failed attempt) except those
+    cancelled before payment, pending or none for placed orders, full refunds for cancelled and
+    returned ones."""
     n = orders["order_id"].size
     customer_currency = _choice(rng, ("USD", "EUR", "GBP"), n_customers + 1, p=[0.6, 0.25, 0.15])
     currency = customer_currency[orders["customer_id"]]
@@ -252,7 +263,11 @@ def _payments(
     status = orders["status"]
     placed = status == "placed"
     roll = rng.random(n)
-    paid = ~placed | (roll < 0.5)
+    # The roll decides pending-or-none for placed orders; for cancelled ones, which it does not
+    # touch otherwise, whether they were cancelled before payment (no new draw, so every
+    # other order's payments come out as before).
+    unpaid_cancelled = (status == "cancelled") & (roll < UNPAID_CANCELLED_SHARE)
+    paid = np.where(placed, roll < 0.5, ~unpaid_cancelled)
     pay_status = np.where(placed, "pending", "succeeded")
     created = np.minimum(orders["ordered_at"] + rng.integers(30, 900, n), end)
     refunded = np.isin(status, ["cancelled", "returned"])
@@ -291,6 +306,44 @@ def _payments(
         "status": state[sequence],
         "created_at": created_at[sequence],
         "updated_at": updated_at[sequence],
+    }
+
+
+def _add_idle_rows(tables: dict[str, dict[str, Any]], end: int) -> None:
+    """Append the customers who never ordered and the products never sold, after every random
+    draw and without one of their own, so the other rows stay exactly as the seed made them."""
+    start = end - IDLE_DAYS * 86_400
+    customers = tables["customers"]
+    first_id = len(customers["customer_id"]) + 1
+    count = max(MIN_IDLE_CUSTOMERS, round(len(customers["customer_id"]) * IDLE_CUSTOMER_SHARE))
+    ids = np.arange(first_id, first_id + count)
+    first = [FIRST_NAMES[i % len(FIRST_NAMES)] for i in ids]
+    last = [LAST_NAMES[i * 7 % len(LAST_NAMES)] for i in ids]
+    signed_up = start + np.arange(count) * (IDLE_DAYS * 86_400 // count)
+    tables["customers"] = {
+        "customer_id": np.concatenate([customers["customer_id"], ids]),
+        "name": customers["name"] + [f"{f} {s}" for f, s in zip(first, last, strict=True)],
+        "email": customers["email"]
+        + [
+            f"{f.lower()}.{s.lower()}.{i}@example.com"
+            for f, s, i in zip(first, last, ids, strict=True)
+        ],
+        "created_at": np.concatenate([customers["created_at"], signed_up]),
+        "updated_at": np.concatenate([customers["updated_at"], signed_up]),
+    }
+
+    products = tables["products"]
+    first_id = len(products["product_id"]) + 1
+    ids = np.arange(first_id, first_id + IDLE_PRODUCTS)
+    listed = start + np.arange(IDLE_PRODUCTS) * (IDLE_DAYS * 86_400 // IDLE_PRODUCTS)
+    tables["products"] = {
+        "product_id": np.concatenate([products["product_id"], ids]),
+        "sku": products["sku"] + [f"SKU-{i:05d}" for i in ids],
+        "name": products["name"] + [f"{PRODUCT_WORDS[i % len(PRODUCT_WORDS)]} {i}" for i in ids],
+        "category": products["category"] + [CATEGORIES[i % len(CATEGORIES)] for i in ids],
+        "price_cents": np.concatenate([products["price_cents"], 1_000 + 500 * (ids % 10)]),
+        "created_at": np.concatenate([products["created_at"], listed]),
+        "updated_at": np.concatenate([products["updated_at"], listed]),
     }
 
 
@@ -414,6 +467,7 @@ def generate(
     payments = _payments(
         rng, tables["orders"], len(tables["customers"]["customer_id"]), end_s, rates
     )
+    _add_idle_rows(tables, end_s)
 
     with _progress(progress) as bar:
         if make_url(shop_url).get_backend_name() == "sqlite":

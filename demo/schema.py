@@ -24,6 +24,7 @@ customers = Table(
     Column("email", String(200), nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    Column("deleted_at", DateTime, nullable=True),
     Index("ix_customers_updated_at", "updated_at"),
 )
 
@@ -48,6 +49,7 @@ products = Table(
     Column("price_cents", Integer, nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
+    Column("deleted_at", DateTime, nullable=True),
     Index("ix_products_updated_at", "updated_at"),
 )
 

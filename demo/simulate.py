@@ -1,5 +1,6 @@
 """Move the sample shop forward in time: new customers and orders, status changes, late
-updates to old orders, cancellations and refunds — so incremental loads have work to do."""
+updates to old orders, cancellations and refunds, and on request soft and hard deletes — so
+incremental loads have work to do."""
 
 from __future__ import annotations
 
@@ -9,13 +10,28 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import create_engine, func, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    create_engine,
+    delete,
+    exists,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
 
 from demo import schema
 from demo.generate import utc_now
 from demo.rates import convert_cents, rate_walk
 
 NEXT_STATUS = {"placed": "shipped", "shipped": "completed"}
+# Deletes per step (fewer when fewer rows qualify).
+SOFT_DELETED_CUSTOMERS = 3
+SOFT_DELETED_PRODUCTS = 2
+HARD_DELETED_ORDERS = 3
 
 
 @dataclass
@@ -31,15 +47,38 @@ class SimulationResult:
     returned_order_ids: list[int] = field(default_factory=list)
     new_payment_ids: list[str] = field(default_factory=list)
     refunded_payment_ids: list[str] = field(default_factory=list)
+    # Rows whose deleted_at (and updated_at) became now; they stay in the shop database.
+    soft_deleted_customer_ids: list[int] = field(default_factory=list)
+    soft_deleted_product_ids: list[int] = field(default_factory=list)
+    # Rows gone from the shop database: orders no payment refers to, and all their items.
+    hard_deleted_order_ids: list[int] = field(default_factory=list)
+    hard_deleted_order_item_ids: list[int] = field(default_factory=list)
 
     def describe(self) -> str:
-        return (
+        summary = (
             f"{len(self.new_customer_ids)} new customers, {len(self.new_order_ids)} new orders, "
             f"{len(self.status_changes)} status changes ({len(self.cancelled_order_ids)} "
             f"cancelled, {len(self.returned_order_ids)} returned), "
             f"{len(self.late_updated_order_ids)} late updates, "
             f"{len(self.new_payment_ids)} new payments, {len(self.refunded_payment_ids)} refunds"
         )
+        deletions = (
+            self.soft_deleted_customer_ids,
+            self.soft_deleted_product_ids,
+            self.hard_deleted_order_ids,
+        )
+        if any(deletions):
+            summary += (
+                f"; soft-deleted {_listed('customers', self.soft_deleted_customer_ids)} and "
+                f"{_listed('products', self.soft_deleted_product_ids)}, hard-deleted "
+                f"{_listed('orders', self.hard_deleted_order_ids)} with "
+                f"{len(self.hard_deleted_order_item_ids)} order items"
+            )
+        return summary
+
+
+def _listed(noun: str, ids: list[int]) -> str:
+    return f"{len(ids)} {noun} ({', '.join(map(str, ids))})" if ids else f"0 {noun}"
 
 
 def _as_datetime(value: datetime | str) -> datetime:
@@ -48,6 +87,31 @@ def _as_datetime(value: datetime | str) -> datetime:
 
 def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _sample(rng: np.random.Generator, candidates: list, count: int) -> list:
+    """Up to ``count`` of the candidates, drawn without replacement, in their order."""
+    if not candidates or count <= 0:
+        return []
+    chosen = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    return [candidates[i] for i in sorted(chosen)]
+
+
+def _add_deleted_at(engine: Engine) -> None:
+    """Give a shop generated before soft deletes its ``deleted_at`` columns, as a migration
+    would, so ``make demo`` keeps moving an existing shop forward."""
+    inspector = inspect(engine)
+    with engine.begin() as connection:
+        for table in (schema.customers, schema.products):
+            if "deleted_at" in {column["name"] for column in inspector.get_columns(table.name)}:
+                continue
+            column_type = table.c.deleted_at.type.dialect_impl(engine.dialect)
+            connection.execute(
+                text(
+                    f"alter table {table.name} add column deleted_at "
+                    f"{column_type.compile(dialect=engine.dialect)}"
+                )
+            )
 
 
 class _Payments:
@@ -117,6 +181,10 @@ class _Payments:
             ).fetchone()[0]
         )
 
+    def order_ids(self) -> set[int]:
+        """Every order any payment (whatever its status) refers to."""
+        return {row[0] for row in self.connection.execute("select distinct order_id from payments")}
+
     def last_update(self) -> datetime | None:
         value = self.connection.execute("select max(updated_at) from payments").fetchone()[0]
         return datetime.fromisoformat(value) if value else None
@@ -134,13 +202,19 @@ def simulate(
     late_updates: int = 3,
     cancellations: int = 3,
     refunds: int = 2,
+    deletes: bool = False,
 ) -> SimulationResult:
     """One step forward, every change stamped ``updated_at = now`` (default: the current UTC
-    second, moved past the newest existing change so incremental loads always see it)."""
+    second, moved past the newest existing change so incremental loads always see it).
+
+    With ``deletes``, also soft-delete a few customers and products and hard-delete a few
+    orders (see ``_delete_rows``); drawn after every other change, so the rest of the step is
+    the same with or without them."""
     rng = np.random.default_rng(seed)
     engine = create_engine(shop_url)
     payments_db = sqlite3.connect(api_db_path)
     try:
+        _add_deleted_at(engine)
         payments = _Payments(payments_db, seed)
         with engine.begin() as shop:
             latest = [
@@ -170,11 +244,21 @@ def simulate(
                 )
                 result.new_customer_ids.append(customer_id)
 
-            customer_count = next_customer + new_customers - 1
+            # Only customers and products that are not deleted take part in new orders.
+            customer_ids = [
+                row[0]
+                for row in shop.execute(
+                    select(schema.customers.c.customer_id)
+                    .where(schema.customers.c.deleted_at.is_(None))
+                    .order_by(schema.customers.c.customer_id)
+                )
+            ]
             store_ids = [row[0] for row in shop.execute(select(schema.stores.c.store_id))]
             prices = dict(
                 shop.execute(
-                    select(schema.products.c.product_id, schema.products.c.price_cents)
+                    select(schema.products.c.product_id, schema.products.c.price_cents).where(
+                        schema.products.c.deleted_at.is_(None)
+                    )
                 ).all()
             )
             tax_rates = {
@@ -213,7 +297,7 @@ def simulate(
                 shop.execute(
                     orders.insert().values(
                         order_id=order_id,
-                        customer_id=int(rng.integers(1, customer_count + 1)),
+                        customer_id=customer_ids[int(rng.integers(len(customer_ids)))],
                         store_id=store_id,
                         ordered_at=now,
                         status="placed",
@@ -248,12 +332,7 @@ def simulate(
                     )
                     if row.order_id not in taken
                 ]
-                if not candidates or count <= 0:
-                    return []
-                chosen = rng.choice(
-                    len(candidates), size=min(count, len(candidates)), replace=False
-                )
-                return [candidates[i] for i in sorted(chosen)]
+                return _sample(rng, candidates, count)
 
             def set_status(order_id: int, status: str) -> None:
                 shop.execute(
@@ -286,8 +365,73 @@ def simulate(
                 set_status(order_id, "returned")
                 result.returned_order_ids.append(order_id)
                 result.refunded_payment_ids += payments.refund(order_id, now)
+            if deletes:
+                _delete_rows(shop, payments.order_ids(), rng, result)
         payments_db.commit()
     finally:
         payments_db.close()
         engine.dispose()
     return result
+
+
+def _delete_rows(
+    shop: Connection, paid_order_ids: set[int], rng: np.random.Generator, result: SimulationResult
+) -> None:
+    """Delete only rows nothing else refers to, as a shop with foreign keys must, so neither
+    the shop nor the payment provider is left pointing at a deleted row: hard-delete orders no
+    payment refers to (abandoned, or cancelled before payment) with their lines, then
+    soft-delete customers without orders and products without order lines. Rows this step
+    created or changed are left alone, and so is the newest order, whose id would be reused."""
+    orders, items = schema.orders, schema.order_items
+    customers, products = schema.customers, schema.products
+    now = result.now
+
+    touched = (
+        set(result.new_order_ids) | set(result.status_changes) | set(result.late_updated_order_ids)
+    )
+    newest = shop.execute(select(func.max(orders.c.order_id))).scalar()
+    unpaid = [
+        order_id
+        for (order_id,) in shop.execute(select(orders.c.order_id).order_by(orders.c.order_id))
+        if order_id not in paid_order_ids and order_id not in touched and order_id != newest
+    ]
+    result.hard_deleted_order_ids = _sample(rng, unpaid, HARD_DELETED_ORDERS)
+    if result.hard_deleted_order_ids:
+        result.hard_deleted_order_item_ids = [
+            row[0]
+            for row in shop.execute(
+                select(items.c.order_item_id)
+                .where(items.c.order_id.in_(result.hard_deleted_order_ids))
+                .order_by(items.c.order_item_id)
+            )
+        ]
+        shop.execute(delete(items).where(items.c.order_id.in_(result.hard_deleted_order_ids)))
+        shop.execute(delete(orders).where(orders.c.order_id.in_(result.hard_deleted_order_ids)))
+
+    without_orders = [
+        row[0]
+        for row in shop.execute(
+            select(customers.c.customer_id)
+            .where(customers.c.deleted_at.is_(None))
+            .where(~exists().where(orders.c.customer_id == customers.c.customer_id))
+            .order_by(customers.c.customer_id)
+        )
+        if row[0] not in result.new_customer_ids
+    ]
+    result.soft_deleted_customer_ids = _sample(rng, without_orders, SOFT_DELETED_CUSTOMERS)
+    unsold = [
+        row[0]
+        for row in shop.execute(
+            select(products.c.product_id)
+            .where(products.c.deleted_at.is_(None))
+            .where(~exists().where(items.c.product_id == products.c.product_id))
+            .order_by(products.c.product_id)
+        )
+    ]
+    result.soft_deleted_product_ids = _sample(rng, unsold, SOFT_DELETED_PRODUCTS)
+    for table, key, ids in (
+        (customers, customers.c.customer_id, result.soft_deleted_customer_ids),
+        (products, products.c.product_id, result.soft_deleted_product_ids),
+    ):
+        if ids:
+            shop.execute(update(table).where(key.in_(ids)).values(deleted_at=now, updated_at=now))

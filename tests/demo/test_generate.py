@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.generate import generate
+from demo.generate import IDLE_PRODUCTS, MIN_IDLE_CUSTOMERS, generate
 
 END = datetime(2026, 6, 30, 12, 0, 0)
 
@@ -108,12 +108,35 @@ def test_payments_agree_with_orders(shop: tuple[Path, Path]) -> None:
         assert abs(amount / rate - total) <= 0.5 / rate + 1e-6, order_id  # within a cent
         refunded_in_full = orders[order_id][0] in {"cancelled", "returned"}
         assert refunded == (amount if refunded_in_full else 0), order_id
-    paid_statuses = {"shipped", "completed", "returned", "cancelled"}
+    paid_statuses = {"shipped", "completed", "returned"}
     assert all(succeeded.get(o) == 1 for o, (s, _) in orders.items() if s in paid_statuses)
+    # Cancelled orders were paid (and refunded) or cancelled before payment: both occur.
+    assert {succeeded.get(o, 0) for o, (s, _) in orders.items() if s == "cancelled"} == {0, 1}
     days = {day for day, _ in rates}
     assert min(days) <= min(p[5][:10] for p in payments)
     assert max(days) == END.date().isoformat()
     assert len(days) == (END.date() - date.fromisoformat(min(days))).days + 1
+
+
+def test_some_rows_nothing_refers_to(shop: tuple[Path, Path]) -> None:
+    """Customers who never ordered, products never sold, orders nobody paid for: every shop
+    has them, and they are the rows the simulator may delete. Nothing is deleted yet."""
+    with sqlite3.connect(shop[0]) as connection:
+        connection.execute("attach database ? as api", [str(shop[1])])
+        [(idle_customers, idle_products, unpaid_orders, deleted)] = connection.execute(
+            "select"
+            " (select count(*) from customers where customer_id not in"
+            "  (select customer_id from orders)),"
+            " (select count(*) from products where product_id not in"
+            "  (select product_id from order_items)),"
+            " (select count(*) from orders where order_id not in"
+            "  (select order_id from api.payments)),"
+            " (select count(*) from customers where deleted_at is not null)"
+            " + (select count(*) from products where deleted_at is not null)"
+        ).fetchall()
+    assert (idle_customers, idle_products) == (MIN_IDLE_CUSTOMERS, IDLE_PRODUCTS)
+    assert unpaid_orders > 0
+    assert deleted == 0
 
 
 def test_refuses_to_overwrite_without_replace(shop: tuple[Path, Path]) -> None:

@@ -1,0 +1,40 @@
+"""Throwaway databases on the PostgreSQL and MariaDB servers on this machine."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+SERVERS = {
+    "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/",
+}
+
+
+@contextmanager
+def throwaway_database(server: str) -> Iterator[str]:
+    """The URL of a new, empty database on the server, dropped afterwards. A server that is
+    not running skips the test, or fails it in CI, where it must be up."""
+    admin = create_engine(SERVERS[server], isolation_level="AUTOCOMMIT")
+    name = f"tributary_test_{secrets.token_hex(4)}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f"create database {name}"))
+    except OperationalError as exc:
+        admin.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"{server} is not running: {exc}")
+        pytest.skip(f"{server} is not running")
+    try:
+        yield make_url(SERVERS[server]).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f"drop database if exists {name}"))
+        admin.dispose()
