@@ -23,6 +23,9 @@ renamed as (
 
     from source
 
+    -- soft-deleted rows should never reach raw; any that do stop here
+    where deleted_at is null
+
 )
 
 select * from renamed
