@@ -47,6 +47,8 @@ LABELS = {
     "tributary": "tributary",
     "tributary_1pct": "tributary, 1% updated",
     "tributary_nochange": "tributary, no change",
+    "tributary_1pct_keys_off": "… no key reconciliation",
+    "tributary_nochange_keys_off": "… no change, no reconciliation",
 }
 
 
@@ -138,14 +140,19 @@ def _run_scanner(url: str, work: Path) -> int:
         return connection.sql("select count(*) from orders").fetchone()[0]
 
 
-def _run_tributary(url: str, work: Path) -> int:
+def _run_tributary(url: str, work: Path, *, reconcile_deletes: bool = True) -> int:
     from ingestion.pipeline import run_source
     from tributary.settings import Settings
 
     settings = Settings(data_dir=work / "tributary", shop_url=url, shop_tables=["orders"])
-    load = run_source("shop", settings)
+    load = run_source("shop", settings, reconcile_deletes=reconcile_deletes)
     [orders] = load.tables
     return orders.loaded
+
+
+def _run_tributary_keys_off(url: str, work: Path) -> int:
+    """As the every-15-minutes deployment runs it: hard deletes wait for the daily run."""
+    return _run_tributary(url, work, reconcile_deletes=False)
 
 
 RUNNERS = {
@@ -153,6 +160,7 @@ RUNNERS = {
     "dlt_default": _run_dlt_default,
     "scanner": _run_scanner,
     "tributary": _run_tributary,
+    "tributary_keys_off": _run_tributary_keys_off,
 }
 
 
@@ -162,6 +170,7 @@ IMPORTS = {
     "dlt_default": ("dlt", "dlt.sources.sql_database"),
     "scanner": ("duckdb",),
     "tributary": ("ingestion.pipeline", "tributary.settings"),
+    "tributary_keys_off": ("ingestion.pipeline", "tributary.settings"),
 }
 
 
@@ -208,7 +217,13 @@ def run(rows: int, repeats: int, admin_url: str, console: Console) -> dict[str, 
     make_source(admin_url, rows)
     paths = [path for path in FULL_PATHS if path != "scanner" or _have_scanner()]
     samples: dict[str, list[dict[str, float]]] = {path: [] for path in paths}
-    samples["tributary_1pct"], samples["tributary_nochange"] = [], []
+    incremental = {
+        "tributary_1pct": "tributary",
+        "tributary_nochange": "tributary",
+        "tributary_1pct_keys_off": "tributary_keys_off",
+        "tributary_nochange_keys_off": "tributary_keys_off",
+    }
+    samples.update({kind: [] for kind in incremental})
     changed: list[int] = []
     with tempfile.TemporaryDirectory(prefix="tributary-bench-") as tmp:
         for round_ in range(repeats):
@@ -225,9 +240,10 @@ def run(rows: int, repeats: int, admin_url: str, console: Console) -> dict[str, 
         # Incremental runs on the last full load's warehouse and state.
         work = Path(tmp) / f"tributary-{repeats - 1}"
         for round_ in range(repeats):
-            changed.append(update_one_percent(admin_url, rows, round_))
-            for kind in ("tributary_1pct", "tributary_nochange"):
-                result = measure("tributary", url, work)
+            for kind, path in incremental.items():
+                if "1pct" in kind:
+                    changed.append(update_one_percent(admin_url, rows, len(changed)))
+                result = measure(path, url, work)
                 samples[kind].append(result)
                 console.print(
                     f"  round {round_ + 1} {LABELS[kind]:<26} {result['seconds']:7.2f} s "

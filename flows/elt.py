@@ -50,6 +50,11 @@ class EltParameters(BaseModel):
     confirm_full_refresh: bool = Field(
         default=False, description="Set to true to go ahead with full_refresh."
     )
+    reconcile_deletes: bool | None = Field(
+        default=None,
+        description="Delete warehouse rows whose key the shop database no longer holds (one "
+        "key scan per table); default TRIBUTARY_SHOP_RECONCILE_DELETES.",
+    )
     dbt_select: list[str] = Field(default_factory=list, description="dbt --select; empty: all.")
     dbt_exclude: list[str] = Field(default_factory=list, description="dbt --exclude.")
 
@@ -111,6 +116,7 @@ def ingest(
     full_refresh: bool = False,
     refresh_tables: list[str] | None = None,
     window: tuple[date, date] | None = None,
+    reconcile_deletes: bool | None = None,
 ) -> SourceLoad:
     """One dlt pipeline run; a retry first loads what the failed attempt left pending."""
     bounds = _window_bounds(source, window) if window else None
@@ -120,6 +126,7 @@ def ingest(
         full_refresh=full_refresh,
         refresh_tables=refresh_tables or (),
         window=bounds,
+        reconcile_deletes=reconcile_deletes,
     )
 
 
@@ -172,6 +179,7 @@ def elt(params: EltParameters | None = None) -> RunReport:
                     full_refresh=whole,
                     refresh_tables=tables,
                     window=window if source in WINDOWED_SOURCES else None,
+                    reconcile_deletes=params.reconcile_deletes,
                 )
             except Exception as exc:
                 raise StepFailed(f"ingest {source}", exc) from exc

@@ -273,12 +273,15 @@ def run_source(
     full_refresh: bool = False,
     refresh_tables: Sequence[str] = (),
     window: tuple[str, str] | None = None,
+    reconcile_deletes: bool | None = None,
 ) -> SourceLoad:
     """Extract, normalise and load one source.
 
     ``full_refresh`` drops all the source's tables and incremental state first and reloads them;
     ``refresh_tables`` does that for the named tables only (and loads only them); ``window``
     reloads an API source's [start, end) range without touching its incremental state.
+    ``reconcile_deletes`` (default ``TRIBUTARY_SHOP_RECONCILE_DELETES``) deletes the shop's
+    hard-deleted rows after the load, at the cost of one key scan per table.
 
     Extraction runs outside the warehouse lock, so sources extract while another writes; the
     load holds it. Packages an interrupted earlier attempt left pending are loaded first and
@@ -332,7 +335,10 @@ def run_source(
                 for table in tables
                 if table not in full_reads and (keys := _key_columns(pipeline, table))
             }
-            if source == "shop" and settings.shop_reconcile_deletes
+            if source == "shop"
+            and (
+                settings.shop_reconcile_deletes if reconcile_deletes is None else reconcile_deletes
+            )
             else {}
         )
         fresh = bool(refresh) and not resumed
