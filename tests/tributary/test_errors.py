@@ -1,7 +1,14 @@
+import os
+from collections.abc import Callable
+
+import adbc_driver_postgresql.dbapi as adbc_postgresql
 import duckdb
 import httpx
+import psycopg
+import pymysql
 import pytest
 import requests
+from sqlalchemy import create_engine
 
 from tributary.errors import is_transient
 from tributary.settings import ConfigurationError
@@ -56,3 +63,35 @@ def test_configuration_errors_are_permanent_even_when_wrapping_network_errors() 
 
 def test_unknown_errors_are_not_retried() -> None:
     assert not is_transient(ValueError("a bug"))
+
+
+def _raised(connect: Callable[[], object]) -> BaseException:
+    with pytest.raises(Exception) as failure:
+        connect()
+    return failure.value
+
+
+@pytest.mark.integration
+def test_a_source_database_that_is_away_is_transient_a_refused_login_is_not() -> None:
+    """Real driver errors, from the servers on this machine (port 1 has nothing listening)."""
+    away = [
+        _raised(lambda: psycopg.connect("postgresql://postgres@127.0.0.1:1/postgres")),
+        _raised(lambda: adbc_postgresql.connect("postgresql://postgres@127.0.0.1:1/postgres")),
+        _raised(lambda: pymysql.connect(host="127.0.0.1", port=1, user="root")),
+    ]
+    assert all(is_transient(error) for error in away), away
+    try:
+        refused = [
+            _raised(lambda: psycopg.connect("postgresql://no_such_role@127.0.0.1/postgres")),
+            _raised(lambda: pymysql.connect(host="127.0.0.1", user="root", password="wrong")),
+        ]
+        with psycopg.connect("postgresql://postgres@127.0.0.1/postgres") as connection:
+            refused.append(_raised(lambda: connection.execute("select * from no_such_table")))
+    except psycopg.OperationalError as exc:  # the servers themselves are down
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"database servers not running: {exc}")
+    assert not any(is_transient(error) for error in refused), refused
+    # as SQLAlchemy wraps it
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/postgres")
+    assert is_transient(_raised(engine.connect))
