@@ -61,7 +61,7 @@ def demo(
         console.print(f"Generating the sample shop ({orders:,} orders) at {shop_url} …")
         generate(shop_url, settings.demo_api_db, orders=orders, seed=seed, progress=True)
     else:
-        change = simulate(shop_url, settings.demo_api_db, seed=seed)
+        change = simulate(shop_url, settings.demo_api_db, seed=seed, deletes=True)
         console.print(f"Moved the sample shop forward: {change.describe()}")
 
     token = os.environ.setdefault("SOURCES__PAYMENTS__TOKEN", secrets.token_urlsafe(24))

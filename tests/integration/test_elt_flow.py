@@ -104,6 +104,7 @@ def changes(shop: Shop, second_run: tuple[RunReport, dict[str, Any]]) -> Simulat
         shop.settings.demo_api_db,
         now=datetime.now(UTC).replace(tzinfo=None, microsecond=0),
         seed=SEED + 1,
+        deletes=True,
     )
 
 
@@ -202,6 +203,15 @@ def test_simulated_changes_reach_the_marts_exactly(
         assert fct_orders[order_id]["status"] == "cancelled"
         assert fct_orders[order_id]["amount_paid_usd"] == 0
     assert changes.late_updated_order_ids and changes.refunded_payment_ids
+    # deleted in the shop: gone from the marts, and counted
+    assert changes.hard_deleted_order_ids and changes.soft_deleted_customer_ids
+    assert not set(changes.hard_deleted_order_ids) & set(fct_orders)
+    assert not set(changes.soft_deleted_customer_ids) & set(shop.mart("marts.dim_customers"))
+    deleted = {
+        f"{load.dataset}.{t.table}": t.deleted for load in third_run.loads for t in load.tables
+    }
+    assert deleted["raw_shop.orders"] == len(changes.hard_deleted_order_ids)
+    assert deleted["raw_shop.customers"] == len(changes.soft_deleted_customer_ids)
 
     assert_marts_match(shop, shop.expected())
     assert_no_duplicate_keys(shop)
@@ -214,11 +224,16 @@ def test_run_history_holds_one_row_per_run_and_per_table(shop: Shop, third_run: 
     assert [(status, failed) for status, _, failed in runs] == [("completed", 0)] * 3
     assert runs[-1][1] == sum(load.rows_loaded for load in third_run.loads)
     last = shop.query(
-        "select dataset || '.' || table_name, rows_new, rows_updated from ops.table_loads "
+        "select dataset || '.' || table_name, rows_new, rows_updated, rows_deleted "
+        "from ops.table_loads "
         "where flow_run_id = (select flow_run_id from ops.pipeline_runs "
         "order by started_at desc limit 1)"
     )
-    assert {name: (new, updated) for name, new, updated in last} == _loaded(third_run)
+    assert {name: (new, updated, deleted) for name, new, updated, deleted in last} == {
+        f"{load.dataset}.{table.table}": (table.new, table.updated, table.deleted)
+        for load in third_run.loads
+        for table in load.tables
+    }
     assert {fresh.dataset for fresh in third_run.freshness} == {
         "raw_shop",
         "raw_payments",
