@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import dlt
@@ -14,8 +15,9 @@ from dlt.extract import DltSource
 
 from ingestion.fx import fx
 from ingestion.payments import payments
-from ingestion.shop import database_url, shop
+from ingestion.shop import bulk, database_url, shop
 from ingestion.shop.keys import source_keys as source_keys_of
+from ingestion.shop.settings import CURSOR_COLUMN
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 
@@ -75,10 +77,13 @@ def _shop_credentials(settings: Settings) -> str:
     return settings.shop_connection_url
 
 
-def _shop_source(settings: Settings) -> DltSource:
+def _shop_source(settings: Settings, bulk_tables: Collection[str] = ()) -> DltSource:
     options = {"tables": settings.shop_tables} if settings.shop_tables else {}
     return shop(
-        credentials=_shop_credentials(settings), lag_seconds=settings.shop_lag_seconds, **options
+        credentials=_shop_credentials(settings),
+        lag_seconds=settings.shop_lag_seconds,
+        bulk_tables=bulk_tables,
+        **options,
     )
 
 
@@ -266,6 +271,51 @@ def _full_reads(pipeline: dlt.Pipeline, dlt_source: DltSource, refresh: str | No
     return {table for table in selected if not state.get(table, {}).get("incremental")}
 
 
+def _bulk_eligible(dlt_source: DltSource, full_reads: set[str]) -> set[str]:
+    """Whole-table reads that can stream: those with a primary key."""
+    return {
+        table
+        for table in full_reads
+        if any(
+            column.get("primary_key")
+            for column in dlt_source.resources[table].compute_table_schema()["columns"].values()
+        )
+    }
+
+
+def _bulk_reads(pipeline: dlt.Pipeline, source_name: str, tables: set[str]) -> list[bulk.BulkRead]:
+    """What to stream after the load: per table, the rows below the cursor dlt just set."""
+    [load_id] = pipeline.list_normalized_load_packages()[-1:]
+    resources = pipeline.state.get("sources", {}).get(source_name, {}).get("resources", {})
+    reads = []
+    for table in sorted(tables):
+        cursor = resources.get(table, {}).get("incremental", {}).get(CURSOR_COLUMN, {})
+        if cursor.get("last_value") is None:  # an empty table: nothing below
+            continue
+        reads.append(
+            bulk.BulkRead(
+                table=table,
+                load_id=load_id,
+                below=bulk.cursor_value(cursor["last_value"]),
+                keys=_key_columns(pipeline, table),
+            )
+        )
+    return reads
+
+
+def _stream_bulk_reads(pipeline: dlt.Pipeline, settings: Settings, plan: Path) -> None:
+    """Streams the planned rest of each table read whole, then forgets the plan. Call it
+    holding the warehouse lock, after the load that created the tables."""
+    reads = bulk.read_plan(plan)
+    if reads:
+        url = database_url(_shop_credentials(settings))
+        with pipeline.sql_client() as client:
+            for read in reads:
+                raw = client.make_qualified_table_name(read.table)
+                bulk.stream_rest(client.native_connection, raw, url, read)
+    plan.unlink(missing_ok=True)
+
+
 def run_source(
     source: SourceName,
     settings: Settings,
@@ -288,12 +338,16 @@ def run_source(
     nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
     instead of repeating it.
     """
+    # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
+    bulk_tables: set[str] = set()
     if window is not None:
         if source not in WINDOWED_SOURCES:
             raise ConfigurationError(
                 f"{source}: a backfill window applies to {', '.join(WINDOWED_SOURCES)} only"
             )
         dlt_source = WINDOWED_SOURCES[source](settings, window)
+    elif source == "shop":
+        dlt_source = _shop_source(settings, bulk_tables)
     else:
         dlt_source = SOURCE_FACTORIES[source](settings)
     refresh: Literal["drop_sources", "drop_resources"] | None = None
@@ -312,9 +366,12 @@ def run_source(
     pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
     with file_lock(pipeline_lock, f"{source} pipeline", settings.lock_timeout_seconds):
         pipeline = make_pipeline(source, settings)
+        plan = bulk.plan_path(settings.pipelines_dir, pipeline.pipeline_name)
         with warehouse_lock(settings):
             pipeline.sync_destination()
-        resumed = pipeline.has_pending_data
+            resumed = pipeline.has_pending_data
+            if not resumed:  # an earlier run died after its load, before its stream
+                _stream_bulk_reads(pipeline, settings, plan)
         full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
@@ -325,8 +382,16 @@ def run_source(
                 for table in full_reads:
                     # A whole table replaces the warehouse's copy: no merge staging to pay for.
                     dlt_source.resources[table].apply_hints(write_disposition="replace")
+            if (
+                source == "shop"
+                and settings.shop_bulk_reads
+                and database_url(_shop_credentials(settings)).get_backend_name() == "postgresql"
+            ):
+                bulk_tables.update(_bulk_eligible(dlt_source, full_reads))
             pipeline.extract(dlt_source, refresh=refresh)
             pipeline.normalize()
+            if bulk_tables:
+                bulk.write_plan(plan, _bulk_reads(pipeline, dlt_source.name, bulk_tables))
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
         # Keys are read after extraction: a key loaded now is in them unless deleted since.
         source_keys = (
@@ -348,6 +413,7 @@ def run_source(
                 pipeline, [table for table in tables if table not in full_reads], refreshed=fresh
             )
             info: LoadInfo = pipeline.load()
+            _stream_bulk_reads(pipeline, settings, plan)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
             removed = _reconcile(pipeline, source_keys)

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
         description="Each shop read starts this far behind the last `updated_at` seen, so rows "
         "committed late are not skipped; at least the longest write transaction.",
     )
+    shop_bulk_reads: bool = Field(
+        default=True,
+        description="A PostgreSQL table read whole (first load, refresh) streams into the "
+        "warehouse; dlt reads only its newest rows. Off: dlt reads it all.",
+    )
     shop_reconcile_deletes: bool = Field(
         default=True,
         description="After each shop load, delete warehouse rows whose primary key the source "

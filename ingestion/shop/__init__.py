@@ -1,6 +1,6 @@
 """The shop's operational database: customers, stores, products, orders and order items."""
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import dlt
@@ -13,6 +13,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
 from ingestion.shop import adbc
+from ingestion.shop.bulk import newest_rows
 from ingestion.shop.settings import (
     CHUNK_SIZE,
     CURSOR_COLUMN,
@@ -39,14 +40,23 @@ def backend_for(url: URL) -> str:
     return adbc.BACKEND if url.get_backend_name() == "postgresql" else "pyarrow"
 
 
-def _skip_soft_deleted_on_a_full_read(
-    query: Select, table: Table, incremental: Incremental | None = None, engine: Any = None
-) -> Select:
-    """A first (whole-table) read leaves soft-deleted rows out; later reads need them, so that
-    the warehouse deletes its copies."""
-    if DELETED_COLUMN in table.c and (incremental is None or incremental.last_value is None):
-        return query.where(table.c[DELETED_COLUMN].is_(None))
-    return query
+def _whole_table_reads(bulk_tables: Collection[str]) -> Callable[..., Select]:
+    """dlt's query adapter: a whole-table read (no cursor yet) leaves soft-deleted rows out —
+    later reads need them, so that the warehouse deletes its copies — and for a table in
+    ``bulk_tables`` keeps only its newest rows (the rest streams after the load: ``bulk``)."""
+
+    def adapt(
+        query: Select, table: Table, incremental: Incremental | None = None, engine: Any = None
+    ) -> Select:
+        if incremental is not None and incremental.last_value is not None:
+            return query
+        if DELETED_COLUMN in table.c:
+            query = query.where(table.c[DELETED_COLUMN].is_(None))
+        if table.name in bulk_tables:
+            query = newest_rows(query, table)
+        return query
+
+    return adapt
 
 
 @dlt.source(name="shop", parallelized=True)
@@ -55,6 +65,7 @@ def shop(
     tables: Sequence[str] = TABLES,
     chunk_size: int = CHUNK_SIZE,
     lag_seconds: float = LAG_SECONDS,
+    bulk_tables: Collection[str] = (),
 ) -> Iterable[DltResource]:
     """Every listed table, read as arrow batches (tables in parallel), incremental on
     ``updated_at`` and merged on the table's primary key, so a re-run adds nothing and a changed
@@ -65,6 +76,9 @@ def shop(
     found on the next run (dlt#2269). Rows re-read inside the window merge onto themselves.
     A row whose ``deleted_at`` is set is removed from the warehouse (a soft delete becomes a
     hard one); rows deleted outright are found by key reconciliation after the load.
+
+    ``bulk_tables`` (PostgreSQL; read when the tables are extracted, so the caller may fill it
+    after creating the source): tables read whole of which dlt reads only the newest rows.
     """
     url = database_url(credentials)
     # No pool: a connection closes after each use, so none outlives a failed run.
@@ -76,7 +90,7 @@ def shop(
             f"the shop database {url.render_as_string(hide_password=True)}"
         )
     database = sql_database(
-        query_adapter_callback=_skip_soft_deleted_on_a_full_read,
+        query_adapter_callback=_whole_table_reads(bulk_tables),
         credentials=engine,
         table_names=list(tables),
         backend=backend_for(url),

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from demo.generate import generate
 from demo.simulate import simulate
 from ingestion.pipeline import run_source
+from ingestion.shop import bulk
 from tests.servers import throwaway_database
 from tributary.settings import Settings
 
@@ -196,3 +197,33 @@ def test_deleted_rows_leave_the_warehouse(shop_url: str, tmp_path: Path) -> None
     again = run_source("shop", settings)  # nothing more to delete, nothing came back
     assert all((t.new, t.updated, t.deleted) == (0, 0, 0) for t in again.tables), again
     _assert_raw_equals_source(settings, shop_url)
+
+
+def test_a_whole_table_read_that_dies_before_its_stream_is_finished_by_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL tables read whole go in two steps: dlt loads their newest rows, then the rest
+    streams in. The process dying between the two (an exception stands in for the kill, at
+    exactly that point) leaves a plan behind; the next run streams first, then loads what
+    changed, and the warehouse equals the source."""
+    with throwaway_database("postgresql") as shop_url:
+        settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+        generate(shop_url, settings.demo_api_db, orders=200, seed=51)
+
+        def killed(*args: object, **kwargs: object) -> int:
+            raise SystemExit("killed between the load and the stream")
+
+        monkeypatch.setattr(bulk, "stream_rest", killed)
+        with pytest.raises(SystemExit):
+            run_source("shop", settings)
+        monkeypatch.undo()
+        partial = _raw_rows(settings, "orders")
+        assert 0 < len(partial) < 200  # only the newest rows made it
+        plan = bulk.plan_path(settings.pipelines_dir, "tributary_shop")
+        assert {read.table for read in bulk.read_plan(plan)} == set(KEYS)
+
+        change = simulate(shop_url, settings.demo_api_db, seed=52, deletes=True)
+        run_source("shop", settings)
+        assert not plan.exists()
+        _assert_raw_equals_source(settings, shop_url)
+        assert change.new_order_ids

@@ -1,0 +1,111 @@
+"""Whole-table reads from PostgreSQL, streamed straight into DuckDB.
+
+A table read whole (its first load, or a refresh) is mostly not worth dlt's staging: every
+row would be written to parquet, read back and inserted. Instead dlt reads only the table's
+newest rows (those at the highest ``updated_at``), which gives it everything it keeps — the
+table and its schema, the load id, the incremental cursor, exactly as a whole read would have
+set it — and, under the same warehouse lock, right after dlt's load, the rest of the table
+(``updated_at`` below that mark) streams from ADBC's COPY reader into the raw table, stamped
+with the same load id. A row that changes in between has a newer ``updated_at`` and arrives
+with the next incremental read; a late-committed older one is in the stream.
+
+The plan is written to a file next to the pipeline before the load and removed after the
+stream commits; a run that finds one (the process died in between) streams again first. Rows
+whose key the raw table already holds are skipped, so that is safe however far it got.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from sqlalchemy import MetaData, Select, Table, create_engine, func, or_, select
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from ingestion.shop import adbc
+from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
+
+
+def newest_rows(query: Select, table: Table) -> Select:
+    """The whole-table query narrowed to its rows at the highest ``updated_at`` (of the rows
+    the query keeps)."""
+    cursor = table.c[CURSOR_COLUMN]
+    highest = select(func.max(cursor)).select_from(table)
+    if query.whereclause is not None:
+        highest = highest.where(query.whereclause)
+    return query.where(cursor == highest.scalar_subquery())
+
+
+@dataclass(frozen=True)
+class BulkRead:
+    """The rest of one table, to be streamed after dlt's load of its newest rows."""
+
+    table: str
+    load_id: str
+    below: str  # ISO cursor value: rows under it are streamed
+    keys: list[str]
+
+
+def plan_path(pipelines_dir: Path, pipeline_name: str) -> Path:
+    return pipelines_dir / f"{pipeline_name}.bulk.json"
+
+
+def write_plan(path: Path, reads: Sequence[BulkRead]) -> None:
+    path.write_text(json.dumps([asdict(read) for read in reads]))
+
+
+def read_plan(path: Path) -> list[BulkRead]:
+    if not path.is_file():
+        return []
+    return [BulkRead(**read) for read in json.loads(path.read_text())]
+
+
+def cursor_value(value: Any) -> str:
+    return value.isoformat() if isinstance(value, datetime | date) else str(value)
+
+
+def _rest_query(url: URL, read: BulkRead) -> str:
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        table = Table(read.table, MetaData(), autoload_with=engine)
+        cursor = table.c[CURSOR_COLUMN]
+        parse = getattr(cursor.type.python_type, "fromisoformat", None)
+        below = parse(read.below) if parse else read.below
+        if isinstance(below, datetime) and below.tzinfo and not cursor.type.timezone:
+            below = below.replace(tzinfo=None)  # naive columns hold UTC
+        query = table.select().where(or_(cursor < below, cursor.is_(None)))
+        if DELETED_COLUMN in table.c:
+            query = query.where(table.c[DELETED_COLUMN].is_(None))
+        return str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    finally:
+        engine.dispose()
+
+
+def stream_rest(connection: Any, raw_table: str, url: URL, read: BulkRead) -> int:
+    """Streams the rows below the mark into ``raw_table`` (a DuckDB connection's table), the
+    ones whose key it does not hold yet. Returns the rows inserted."""
+    query = _rest_query(url, read)
+    on = " and ".join(f"r.{key} = s.{key}" for key in read.keys)
+    with adbc.connect(url) as source, source.cursor() as cursor:
+        cursor.adbc_statement.set_options(
+            **{"adbc.postgresql.batch_size_hint_bytes": str(adbc.BATCH_BYTES)}
+        )
+        cursor.execute(query)
+        stream: pa.RecordBatchReader = cursor.fetch_record_batch()
+        connection.register("tributary_bulk_rows", stream)
+        try:
+            [(inserted,)] = connection.execute(
+                f"insert into {raw_table} by name "
+                f"select s.*, ? as _dlt_load_id from tributary_bulk_rows s "
+                f"where not exists (select 1 from {raw_table} r where {on})",
+                [read.load_id],
+            ).fetchall()
+        finally:
+            connection.unregister("tributary_bulk_rows")
+    return int(inserted)
