@@ -91,10 +91,13 @@ def make_source(admin_url: str, rows: int) -> None:
 
 
 def update_one_percent(admin_url: str, rows: int, round_: int) -> int:
-    """Moves 1% of the orders (spread over the table) to a new status, stamped now."""
+    """Moves 1% of the orders (spread over the table) to a new status, stamped 15 minutes
+    after the newest change — the incremental deployment's interval, so a run's lag window
+    (5 minutes) holds this update only, as it would in production."""
     with psycopg.connect(database_url(admin_url), autocommit=True) as connection:
         cursor = connection.execute(
-            "update orders set status = 'returned', updated_at = localtimestamp(0) "
+            "update orders set status = 'returned', updated_at = "
+            "(select max(updated_at) from orders) + interval '15 minutes' "
             "where mod(order_id, 100) = %s",
             [round_ % 100],
         )

@@ -12,6 +12,7 @@ import pyarrow as pa
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltSource
+from sqlalchemy.engine import URL
 
 from ingestion.fx import fx
 from ingestion.payments import payments
@@ -303,12 +304,11 @@ def _bulk_reads(pipeline: dlt.Pipeline, source_name: str, tables: set[str]) -> l
     return reads
 
 
-def _stream_bulk_reads(pipeline: dlt.Pipeline, settings: Settings, plan: Path) -> None:
+def _stream_bulk_reads(pipeline: dlt.Pipeline, url: URL, plan: Path) -> None:
     """Streams the planned rest of each table read whole, then forgets the plan. Call it
     holding the warehouse lock, after the load that created the tables."""
     reads = bulk.read_plan(plan)
     if reads:
-        url = database_url(_shop_credentials(settings))
         with pipeline.sql_client() as client:
             for read in reads:
                 raw = client.make_qualified_table_name(read.table)
@@ -340,6 +340,7 @@ def run_source(
     """
     # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
     bulk_tables: set[str] = set()
+    shop_url = database_url(_shop_credentials(settings)) if source == "shop" else None
     if window is not None:
         if source not in WINDOWED_SOURCES:
             raise ConfigurationError(
@@ -370,8 +371,8 @@ def run_source(
         with warehouse_lock(settings):
             pipeline.sync_destination()
             resumed = pipeline.has_pending_data
-            if not resumed:  # an earlier run died after its load, before its stream
-                _stream_bulk_reads(pipeline, settings, plan)
+            if shop_url and not resumed:  # an earlier run died between its load and stream
+                _stream_bulk_reads(pipeline, shop_url, plan)
         full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
@@ -383,9 +384,9 @@ def run_source(
                     # A whole table replaces the warehouse's copy: no merge staging to pay for.
                     dlt_source.resources[table].apply_hints(write_disposition="replace")
             if (
-                source == "shop"
+                shop_url
                 and settings.shop_bulk_reads
-                and database_url(_shop_credentials(settings)).get_backend_name() == "postgresql"
+                and shop_url.get_backend_name() == "postgresql"
             ):
                 bulk_tables.update(_bulk_eligible(dlt_source, full_reads))
             pipeline.extract(dlt_source, refresh=refresh)
@@ -396,11 +397,11 @@ def run_source(
         # Keys are read after extraction: a key loaded now is in them unless deleted since.
         source_keys = (
             {
-                table: source_keys_of(database_url(_shop_credentials(settings)), table, keys)
+                table: source_keys_of(shop_url, table, keys)
                 for table in tables
                 if table not in full_reads and (keys := _key_columns(pipeline, table))
             }
-            if source == "shop"
+            if shop_url
             and (
                 settings.shop_reconcile_deletes if reconcile_deletes is None else reconcile_deletes
             )
@@ -413,7 +414,8 @@ def run_source(
                 pipeline, [table for table in tables if table not in full_reads], refreshed=fresh
             )
             info: LoadInfo = pipeline.load()
-            _stream_bulk_reads(pipeline, settings, plan)
+            if shop_url:
+                _stream_bulk_reads(pipeline, shop_url, plan)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
             removed = _reconcile(pipeline, source_keys)
