@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Literal
 
 import dlt
-import pyarrow as pa
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltSource
@@ -17,7 +16,8 @@ from sqlalchemy.engine import URL
 from ingestion.fx import fx
 from ingestion.payments import payments
 from ingestion.shop import bulk, database_url, shop
-from ingestion.shop.keys import source_keys as source_keys_of
+from ingestion.shop.keys import KeySnapshot, delete_missing
+from ingestion.shop.keys import snapshot as key_snapshot
 from ingestion.shop.settings import CURSOR_COLUMN
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
@@ -150,6 +150,12 @@ def _key_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
     return [name for name, column in columns.items() if column.get("primary_key")]
 
 
+def _integer_key(pipeline: dlt.Pipeline, table: str) -> bool:
+    columns = pipeline.default_schema.get_table_columns(table)
+    keys = _key_columns(pipeline, table)
+    return len(keys) == 1 and columns[keys[0]].get("data_type") == "bigint"
+
+
 def _pending_parquet(pipeline: dlt.Pipeline) -> dict[str, list[str]]:
     """The parquet files per table that the normalised packages are about to load."""
     files: dict[str, list[str]] = {}
@@ -233,26 +239,17 @@ def _changes(
     return changes
 
 
-def _reconcile(pipeline: dlt.Pipeline, source_keys: dict[str, pa.Table]) -> dict[str, int]:
-    """Deletes the warehouse rows whose key the source no longer holds (hard deletes).
-    ``source_keys`` were read after extraction, so every key loaded now was in them unless
-    it has since been deleted. Returns rows deleted per table."""
-    deleted: dict[str, int] = {}
+def _reconcile(pipeline: dlt.Pipeline, snapshots: Sequence[KeySnapshot]) -> dict[str, int]:
+    """Deletes the warehouse rows whose key the source no longer holds (hard deletes). The
+    snapshots were read after extraction, so every key loaded now was in them unless it has
+    since been deleted. Returns rows deleted per table."""
     with pipeline.sql_client() as client:
-        connection = client.native_connection
-        for table, keys in source_keys.items():
-            raw = client.make_qualified_table_name(table)
-            key_list = ", ".join(keys.column_names)
-            connection.register("tributary_source_keys", keys)
-            try:
-                [(count,)] = connection.execute(
-                    f"delete from {raw} where rowid in (select r.rowid from {raw} r "
-                    f"anti join tributary_source_keys using ({key_list}))"
-                ).fetchall()
-            finally:
-                connection.unregister("tributary_source_keys")
-            deleted[table] = count
-    return deleted
+        return {
+            snap.table: delete_missing(
+                client.native_connection, client.make_qualified_table_name(snap.table), snap
+            )
+            for snap in snapshots
+        }
 
 
 def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
@@ -395,17 +392,17 @@ def run_source(
                 bulk.write_plan(plan, _bulk_reads(pipeline, dlt_source.name, bulk_tables))
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
         # Keys are read after extraction: a key loaded now is in them unless deleted since.
-        source_keys = (
-            {
-                table: source_keys_of(shop_url, table, keys)
+        snapshots = (
+            [
+                key_snapshot(shop_url, table, keys, _integer_key(pipeline, table))
                 for table in tables
                 if table not in full_reads and (keys := _key_columns(pipeline, table))
-            }
+            ]
             if shop_url
             and (
                 settings.shop_reconcile_deletes if reconcile_deletes is None else reconcile_deletes
             )
-            else {}
+            else []
         )
         fresh = bool(refresh) and not resumed
         with warehouse_lock(settings):
@@ -418,7 +415,7 @@ def run_source(
                 _stream_bulk_reads(pipeline, shop_url, plan)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
-            removed = _reconcile(pipeline, source_keys)
+            removed = _reconcile(pipeline, snapshots)
     table_loads = []
     for table in tables:
         if table in changes:

@@ -1,30 +1,123 @@
-"""The primary keys a shop table holds now: what key reconciliation compares the warehouse with."""
+"""What the shop holds of a table's keys, for key reconciliation: the warehouse deletes the rows
+whose key the source no longer has (rows deleted outright, which no cursor can see).
+
+Reading every key costs a key-only scan of the table and memory for the keys. For a single
+integer key on PostgreSQL only checksums travel: per bucket of 4,096 consecutive keys, the
+count, the sum and a sum of squares (mod a prime), aggregated by the server. The warehouse
+computes the same; only the buckets that disagree are read key by key. A bucket that disagrees
+because rows arrived after the extraction has nothing to delete and costs one small read.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
 
 from ingestion.shop import adbc
 
+BUCKET_BITS = 12
+PRIME = 1_000_003
+# More disagreeing buckets than this: read every key instead.
+MAX_BUCKET_READS = 256
 
-def source_keys(url: URL, table: str, key_columns: Sequence[str]) -> pa.Table:
-    """Every key of ``table``, as arrow: one key-only COPY on PostgreSQL, a streamed select
-    elsewhere."""
-    engine = create_engine(url)
+
+@dataclass(frozen=True)
+class KeySnapshot:
+    """A table's keys as the source holds them, read after extraction: every key, or (one
+    integer key on PostgreSQL) per-bucket checksums."""
+
+    url: URL
+    table: str
+    key_columns: list[str]
+    keys: pa.Table | None = None
+    buckets: pa.Table | None = None
+
+
+def _checksums(key: str) -> str:
+    return (
+        f"cast({key} as bigint) >> {BUCKET_BITS} as bucket, count(*) as n, "
+        f"cast(sum(cast({key} as bigint)) as varchar) as s, "
+        f"cast(sum((cast({key} as bigint) % {PRIME}) * (cast({key} as bigint) % {PRIME})) "
+        "as varchar) as q"
+    )
+
+
+def _read(url: URL, query: str) -> pa.Table:
+    """One query's result as arrow: a COPY on PostgreSQL, a plain select elsewhere."""
+    if url.get_backend_name() == "postgresql":
+        with adbc.connect(url) as connection, connection.cursor() as cursor:
+            cursor.execute(query)
+            return cursor.fetch_arrow_table()
+    engine = create_engine(url, poolclass=NullPool)
     try:
-        preparer = engine.dialect.identifier_preparer
-        columns = ", ".join(preparer.quote(column) for column in key_columns)
-        query = f"select {columns} from {preparer.quote(table)}"
-        if url.get_backend_name() == "postgresql":
-            with adbc.connect(url) as connection, connection.cursor() as cursor:
-                cursor.execute(query)
-                return cursor.fetch_arrow_table()
         with engine.connect() as connection:
-            rows = connection.execute(text(query)).fetchall()
+            result = connection.execute(text(query))
+            columns, rows = list(result.keys()), result.fetchall()
     finally:
         engine.dispose()
-    return pa.table({column: [row[i] for row in rows] for i, column in enumerate(key_columns)})
+    return pa.table({column: [row[i] for row in rows] for i, column in enumerate(columns)})
+
+
+def _quoted(url: URL) -> Any:
+    return create_engine(url, poolclass=NullPool).dialect.identifier_preparer
+
+
+def snapshot(url: URL, table: str, key_columns: Sequence[str], integer_key: bool) -> KeySnapshot:
+    preparer = _quoted(url)
+    name = preparer.quote(table)
+    columns = [preparer.quote(column) for column in key_columns]
+    if integer_key and len(columns) == 1 and url.get_backend_name() == "postgresql":
+        buckets = _read(url, f"select {_checksums(columns[0])} from {name} group by 1")
+        return KeySnapshot(url, table, list(key_columns), buckets=buckets)
+    keys = _read(url, f"select {', '.join(columns)} from {name}")
+    return KeySnapshot(url, table, list(key_columns), keys=keys)
+
+
+def delete_missing(connection: Any, raw_table: str, snap: KeySnapshot) -> int:
+    """Deletes from ``raw_table`` (on a DuckDB connection) the rows whose key the snapshot
+    does not hold. Returns the rows deleted."""
+    key_list = ", ".join(snap.key_columns)
+    where, keys = "", snap.keys
+    if snap.buckets is not None:
+        [key] = snap.key_columns
+        connection.register("tributary_source_buckets", snap.buckets)
+        try:
+            differing = connection.execute(
+                f"""
+                with warehouse as (select {_checksums(key)} from {raw_table} group by 1)
+                select w.bucket from warehouse w
+                left join tributary_source_buckets s on s.bucket = w.bucket
+                where s.bucket is null or s.n <> w.n or s.s <> w.s or s.q <> w.q
+                """
+            ).fetchall()
+        finally:
+            connection.unregister("tributary_source_buckets")
+        if not differing:
+            return 0
+        buckets = [int(bucket) for (bucket,) in differing]
+        quoted, name = _quoted(snap.url).quote(key), _quoted(snap.url).quote(snap.table)
+        if len(buckets) <= MAX_BUCKET_READS:
+            ranges = " or ".join(
+                f"({quoted} >= {low} and {quoted} < {low + (1 << BUCKET_BITS)})"
+                for low in (bucket << BUCKET_BITS for bucket in buckets)
+            )
+            keys = _read(snap.url, f"select {quoted} from {name} where {ranges}")
+            listed = ", ".join(map(str, buckets))
+            where = f"and (cast(r.{key} as bigint) >> {BUCKET_BITS}) in ({listed})"
+        else:
+            keys = _read(snap.url, f"select {quoted} from {name}")
+    connection.register("tributary_source_keys", keys)
+    try:
+        [(count,)] = connection.execute(
+            f"delete from {raw_table} where rowid in (select r.rowid from {raw_table} r "
+            f"anti join tributary_source_keys using ({key_list}) where true {where})"
+        ).fetchall()
+    finally:
+        connection.unregister("tributary_source_keys")
+    return int(count)
