@@ -18,7 +18,7 @@ from ingestion.payments import payments
 from ingestion.shop import bulk, database_url, shop
 from ingestion.shop.keys import KeySnapshot, delete_missing
 from ingestion.shop.keys import snapshot as key_snapshot
-from ingestion.shop.settings import CURSOR_COLUMN
+from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 
@@ -379,7 +379,15 @@ def run_source(
                 full_reads = _full_reads(pipeline, dlt_source, refresh)
                 for table in full_reads:
                     # A whole table replaces the warehouse's copy: no merge staging to pay for.
-                    dlt_source.resources[table].apply_hints(write_disposition="replace")
+                    # It holds no soft-deleted rows, so there is nothing to delete either.
+                    resource = dlt_source.resources[table]
+                    columns = resource.compute_table_schema()["columns"]
+                    resource.apply_hints(
+                        write_disposition="replace",
+                        columns={DELETED_COLUMN: {"hard_delete": False}}
+                        if DELETED_COLUMN in columns
+                        else None,
+                    )
             if (
                 shop_url
                 and settings.shop_bulk_reads
