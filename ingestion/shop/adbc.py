@@ -10,6 +10,7 @@ state. Registered under the name ``adbc`` on import.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as adbc_postgresql
@@ -32,6 +33,18 @@ def connect(url: URL) -> Any:
     return adbc_postgresql.connect(libpq_url(url))
 
 
+@contextmanager
+def record_batches(url: URL, query: str, batch_bytes: int = BATCH_BYTES) -> Iterator[Any]:
+    """``query``'s result as a stream of arrow record batches of about ``batch_bytes``,
+    open while the block runs."""
+    with connect(url) as connection, connection.cursor() as cursor:
+        cursor.adbc_statement.set_options(
+            **{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)}
+        )
+        cursor.execute(query)
+        yield cursor.fetch_record_batch()
+
+
 class AdbcTableLoader(BaseTableLoader):
     """Runs dlt's compiled table query through ADBC and yields one arrow table per batch."""
 
@@ -39,12 +52,7 @@ class AdbcTableLoader(BaseTableLoader):
         options = dict(backend_kwargs or {})
         batch_bytes = int(options.pop("batch_bytes", BATCH_BYTES))
         query = self.compile_query(self.make_query())
-        with connect(self.engine.url) as connection, connection.cursor() as cursor:
-            cursor.adbc_statement.set_options(
-                **{"adbc.postgresql.batch_size_hint_bytes": str(batch_bytes)}
-            )
-            cursor.execute(query)
-            reader = cursor.fetch_record_batch()
+        with record_batches(self.engine.url, query, batch_bytes) as reader:
             # COPY says nothing of NOT NULL: take nullability from the reflected columns, so
             # arrow and dlt schemas agree (else dlt warns on every batch).
             schema = pa.schema(

@@ -23,7 +23,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 from sqlalchemy import MetaData, Select, Table, create_engine, func, or_, select
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
@@ -92,12 +91,7 @@ def stream_rest(connection: Any, raw_table: str, url: URL, read: BulkRead) -> in
     ones whose key it does not hold yet. Returns the rows inserted."""
     query = _rest_query(url, read)
     on = " and ".join(f"r.{key} = s.{key}" for key in read.keys)
-    with adbc.connect(url) as source, source.cursor() as cursor:
-        cursor.adbc_statement.set_options(
-            **{"adbc.postgresql.batch_size_hint_bytes": str(adbc.BATCH_BYTES)}
-        )
-        cursor.execute(query)
-        stream: pa.RecordBatchReader = cursor.fetch_record_batch()
+    with adbc.record_batches(url, query) as stream:
         connection.register("tributary_bulk_rows", stream)
         try:
             [(inserted,)] = connection.execute(

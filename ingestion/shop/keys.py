@@ -52,9 +52,8 @@ def _checksums(key: str) -> str:
 def _read(url: URL, query: str) -> pa.Table:
     """One query's result as arrow: a COPY on PostgreSQL, a plain select elsewhere."""
     if url.get_backend_name() == "postgresql":
-        with adbc.connect(url) as connection, connection.cursor() as cursor:
-            cursor.execute(query)
-            return cursor.fetch_arrow_table()
+        with adbc.record_batches(url, query) as reader:
+            return reader.read_all()
     engine = create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
@@ -102,7 +101,8 @@ def delete_missing(connection: Any, raw_table: str, snap: KeySnapshot) -> int:
         if not differing:
             return 0
         buckets = [int(bucket) for (bucket,) in differing]
-        quoted, name = _quoted(snap.url).quote(key), _quoted(snap.url).quote(snap.table)
+        preparer = _quoted(snap.url)
+        quoted, name = preparer.quote(key), preparer.quote(snap.table)
         if len(buckets) <= MAX_BUCKET_READS:
             ranges = " or ".join(
                 f"({quoted} >= {low} and {quoted} < {low + (1 << BUCKET_BITS)})"

@@ -20,6 +20,7 @@ from demo.simulate import simulate
 from ingestion.pipeline import run_source
 from ingestion.shop import adbc, database_url
 from tests.servers import throwaway_database
+from tributary.errors import causes
 from tributary.settings import ConfigurationError, Settings
 
 pytestmark = pytest.mark.integration
@@ -144,17 +145,12 @@ def test_credentials_never_appear_in_errors_or_logs(
                 run_source("shop", settings)
             failures.append(failure.value)
     for failure in failures:
-        chain = [failure, *_causes(failure)]
+        chain = list(causes(failure))
         assert all(password not in str(exc) and password not in repr(exc) for exc in chain)
     assert isinstance(failures[0], ConfigurationError)
     assert "TRIBUTARY_SHOP_TABLES" in str(failures[0]) and "no_such_table" in str(failures[0])
     out, err = capfd.readouterr()
     assert password not in caplog.text + out + err
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    while (exc := exc.__cause__ or exc.__context__) is not None:  # type: ignore[assignment]
-        yield exc
 
 
 def test_time_zones_survive_end_to_end(tmp_path_factory: pytest.TempPathFactory) -> None:
