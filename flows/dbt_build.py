@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.hooks import notify_failure
+from flows.publish import publish_marts, say_not_published
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.report import RunReport
 from tributary.settings import get_settings
@@ -33,20 +34,26 @@ class DbtBuildParameters(BaseModel):
 
 @flow(name="dbt", log_prints=True, timeout_seconds=2 * 3600, on_failure=[notify_failure])
 def build(params: DbtBuildParameters | None = None) -> DbtSummary:
-    """`dbt build` against the warehouse, holding the warehouse lock; reports every node."""
+    """`dbt build` against the warehouse, holding the warehouse lock; reports every node and
+    publishes what a passing build made."""
     params = params or DbtBuildParameters()
     settings = get_settings()
     # A retry of this flow run resumes from the failed nodes (`dbt retry`).
-    summary = run_dbt_resumable(
-        params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
-    )
+    try:
+        summary = run_dbt_resumable(
+            params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
+        )
+    except Exception as exc:
+        say_not_published(exc)
+        raise
     get_run_logger().info(
         "dbt %s: %d models built, %d tests passed",
         summary.command,
         summary.models_built,
         summary.tests_passed,
     )
-    report = RunReport(warehouse=settings.warehouse, dbt=summary)
+    published = publish_marts(summary)
+    report = RunReport(warehouse=settings.warehouse, dbt=summary, published=published)
     create_markdown_artifact(
         key="dbt-build-report", markdown=report.to_markdown(), description="tributary dbt build"
     )

@@ -13,6 +13,7 @@ from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.hooks import notify_failure
+from flows.publish import publish_marts, say_not_published
 from ingestion.pipeline import (
     SOURCE_NAMES,
     WINDOWED_SOURCES,
@@ -98,8 +99,8 @@ class EltParameters(BaseModel):
 class StepFailed(RuntimeError):
     """A step of the flow failed; the message names the step and the cause."""
 
-    def __init__(self, step: str, cause: BaseException) -> None:
-        super().__init__(f"{step}: {type(cause).__name__}: {cause}")
+    def __init__(self, step: str, cause: BaseException, note: str | None = None) -> None:
+        super().__init__(f"{step}: {type(cause).__name__}: {cause}" + (f"\n{note}" if note else ""))
         self.step = step
 
 
@@ -163,7 +164,7 @@ def _record(
     on_failure=[notify_failure],
 )
 def elt(params: EltParameters | None = None) -> RunReport:
-    """Ingest the selected sources, then `dbt build`, then publish the run report."""
+    """Ingest the selected sources, then `dbt build`, publish the marts, record the run."""
     params = params or EltParameters()
     settings = get_settings()
     logger = get_run_logger()
@@ -199,7 +200,11 @@ def elt(params: EltParameters | None = None) -> RunReport:
                 params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
             )
         except Exception as exc:
-            raise StepFailed("dbt build", exc) from exc
+            raise StepFailed("dbt build", exc, note=say_not_published(exc)) from exc
+        try:
+            published = publish_marts(dbt)
+        except Exception as exc:
+            raise StepFailed("publish", exc) from exc
     except Exception as exc:
         failed = RunReport(warehouse=settings.warehouse, loads=loads)
         try:
@@ -209,7 +214,11 @@ def elt(params: EltParameters | None = None) -> RunReport:
         raise
     logger.info("dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed)
     report = RunReport(
-        warehouse=settings.warehouse, loads=loads, dbt=dbt, seconds=time.monotonic() - started
+        warehouse=settings.warehouse,
+        loads=loads,
+        dbt=dbt,
+        published=published,
+        seconds=time.monotonic() - started,
     )
     freshness = _record(settings, "completed", None, started_at, report)
     report = replace(report, freshness=freshness)

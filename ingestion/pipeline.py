@@ -21,6 +21,7 @@ from ingestion.shop.keys import snapshot as key_snapshot
 from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
+from tributary.warehouse import check_warehouse
 
 SourceName = Literal["shop", "payments", "fx"]
 SOURCE_NAMES: tuple[SourceName, ...] = ("shop", "payments", "fx")
@@ -366,6 +367,7 @@ def run_source(
         pipeline = make_pipeline(source, settings)
         plan = bulk.plan_path(settings.pipelines_dir, pipeline.pipeline_name)
         with warehouse_lock(settings):
+            check_warehouse(settings)
             pipeline.sync_destination()
             resumed = pipeline.has_pending_data
             if shop_url and not resumed:  # an earlier run died between its load and stream

@@ -105,6 +105,8 @@ def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
 
 
 def _print_summary(report: RunReport) -> None:
+    from tributary.publish import Publication
+
     table = Table(title="Rows loaded this run")
     for column in ("raw table", "loaded", "new", "updated", "deleted"):
         table.add_column(column, justify="left" if column == "raw table" else "right")
@@ -120,18 +122,27 @@ def _print_summary(report: RunReport) -> None:
         f"dbt build: {dbt.models_built} models built, {dbt.tests_passed} tests passed "
         f"({dict(dbt.statuses)})"
     )
-    with duckdb.connect(str(report.warehouse), read_only=True) as warehouse:
-        names = warehouse.sql(
+    published = report.published
+    if not isinstance(published, Publication):
+        console.print(f"Marts: {published}")
+        return
+    # What readers see: the published file, which no run writes in place.
+    with duckdb.connect(str(published.link), read_only=True) as readers:
+        names = readers.sql(
             "select table_name from duckdb_tables() where schema_name = 'marts' order by 1"
         ).fetchall()
         marts = {
-            name: warehouse.sql(f"select count(*) from marts.{name}").fetchone()[0]
+            name: readers.sql(f"select count(*) from marts.{name}").fetchone()[0]
             for (name,) in names
         }
     console.print(
         "Marts: " + ", ".join(f"marts.{name} {rows:,} rows" for name, rows in marts.items())
     )
-    console.print(f"Warehouse: {report.warehouse}")
+    console.print(f"Published: {published.describe()}")
+    console.print(
+        f"Query it with `duckdb -readonly {published.link}`, or in Python "
+        f"`duckdb.connect({str(published.link)!r}, read_only=True)`; a run never blocks it."
+    )
 
 
 @app.command("server-setup")
@@ -152,3 +163,88 @@ def server_setup() -> None:
         console.print(f"kept     {line}")
     for line in result.skipped:
         console.print(f"skipped  {line}")
+
+
+warehouse_app = typer.Typer(no_args_is_help=True, help="The working warehouse dlt and dbt write.")
+publish_app = typer.Typer(no_args_is_help=True, help="The published file readers open.")
+app.add_typer(warehouse_app, name="warehouse")
+app.add_typer(publish_app, name="publish")
+
+
+@warehouse_app.command("restore")
+def warehouse_restore(
+    force: bool = typer.Option(False, help="Replace a working warehouse that opens fine too."),
+) -> None:
+    """Replace an unreadable working warehouse with the last published version; the next run
+    reloads every source."""
+    from tributary.publish import WarehouseInUse, restore_warehouse
+    from tributary.settings import ConfigurationError, get_settings
+
+    settings = get_settings()
+    try:
+        result = restore_warehouse(settings, force=force)
+    except (WarehouseInUse, ConfigurationError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from None
+    for aside in result.moved:
+        typer.echo(f"moved aside   {aside}")
+    if result.restored_from is None:
+        typer.echo("no published version to restore from: the next run builds from nothing")
+    else:
+        typer.echo(
+            f"restored      {settings.warehouse} from {result.restored_from.describe()} "
+            "(marts, run history, quarantine)"
+        )
+    for path in result.removed_state:
+        typer.echo(f"removed       {path} (dlt state for the old warehouse)")
+    typer.echo(
+        "Next: run the `elt` flow (`python -m flows.elt`, or `prefect deployment run "
+        "'elt/daily'`); it reloads every source whole."
+    )
+
+
+@publish_app.command("restore")
+def publish_restore(
+    version: str | None = typer.Option(
+        None,
+        help="A kept version's file name (`tributary publish list`); default: the one "
+        "before the current.",
+    ),
+) -> None:
+    """Point the published file back at an earlier kept version."""
+    from tributary.publish import WarehouseInUse, restore_published
+    from tributary.settings import ConfigurationError, get_settings
+
+    try:
+        publication = restore_published(get_settings(), version)
+    except (WarehouseInUse, ConfigurationError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from None
+    typer.echo(
+        f"{publication.link} now gives {publication.describe()}; readers see it when they "
+        "next connect."
+    )
+
+
+@publish_app.command("list")
+def publish_list() -> None:
+    """The kept published versions, the current one marked."""
+    from tributary.publish import read_publication, versions
+    from tributary.settings import get_settings
+
+    settings = get_settings()
+    link = settings.published
+    serving = link.resolve() if link.is_symlink() else None
+    table = Table(title=f"Published versions ({link})")
+    for column in ("", "version", "published at (UTC)", "run", "tables"):
+        table.add_column(column)
+    for path in versions(settings):
+        publication = read_publication(path, link)
+        table.add_row(
+            "current" if path == serving else "",
+            publication.version,
+            f"{publication.published_at:%Y-%m-%d %H:%M:%S}",
+            publication.flow_run_id or "",
+            ", ".join(f"{t.relation} {t.rows:,}" for t in publication.tables),
+        )
+    console.print(table)

@@ -9,13 +9,19 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
 from tributary.lock import warehouse_lock
 from tributary.settings import DBT_PROJECT_DIR, Settings
+from tributary.warehouse import check_warehouse
+
+# Node statuses of a build readers may see: anything else (error, fail, skipped, runtime
+# error) means some model is missing, stale or untested.
+PASSED_STATUSES = frozenset({"success", "pass", "warn"})
+BUILT_TYPES = frozenset({"model", "seed", "snapshot"})
 
 
 @dataclass(frozen=True)
@@ -25,12 +31,33 @@ class NodeResult:
     status: str
     seconds: float
     message: str | None = None
+    relation: str | None = None
+    """`schema.name` of what a model, seed or snapshot builds."""
 
 
 @dataclass(frozen=True)
 class DbtSummary:
     command: str
     nodes: list[NodeResult] = field(default_factory=list)
+    invocation_id: str | None = None
+    resumed: list[NodeResult] = field(default_factory=list)
+    """Nodes an earlier, failed attempt of the same run passed, which `dbt retry` did not run
+    again: with ``nodes``, they are what the whole command built."""
+
+    @property
+    def passed(self) -> bool:
+        return all(node.status in PASSED_STATUSES for node in self.nodes)
+
+    def built(self, schemas: tuple[str, ...]) -> set[str]:
+        """`schema.name` of every relation in these schemas this command built."""
+        return {
+            node.relation
+            for node in [*self.resumed, *self.nodes]
+            if node.resource_type in BUILT_TYPES
+            and node.status == "success"
+            and node.relation is not None
+            and node.relation.split(".", 1)[0] in schemas
+        }
 
     def count(self, resource_types: set[str], statuses: set[str]) -> int:
         return sum(
@@ -69,6 +96,23 @@ def release_duckdb() -> None:
         DuckDBConnectionManager.close_all_connections()
 
 
+class DbtFailed(ValueError):
+    """dbt ran and some nodes failed; ``summary`` holds every node's status."""
+
+    def __init__(self, summary: DbtSummary) -> None:
+        failures = [
+            f"{node.resource_type.title()} {node.unique_id.split('.', 2)[-1]} {node.status}ed "
+            f'with message: "{node.message}"'
+            for node in summary.nodes
+            if node.status in {"error", "fail", "runtime error"}
+        ]
+        super().__init__(
+            f"Failures detected during invocation of dbt command '{summary.command}':\n"
+            + "\n".join(failures)
+        )
+        self.summary = summary
+
+
 def _summarise(command: list[str], result: Any) -> DbtSummary:
     nodes = [
         NodeResult(
@@ -77,10 +121,13 @@ def _summarise(command: list[str], result: Any) -> DbtSummary:
             status=str(run.status),
             seconds=float(run.execution_time or 0.0),
             message=run.message,
+            relation=f"{run.node.schema}.{run.node.alias}"
+            if str(run.node.resource_type) in BUILT_TYPES
+            else None,
         )
         for run in getattr(result, "results", None) or []
     ]
-    return DbtSummary(command=" ".join(command), nodes=nodes)
+    return DbtSummary(command=" ".join(command), nodes=nodes, invocation_id=_last_invocation_id())
 
 
 @contextmanager
@@ -111,19 +158,24 @@ def build_args(select: list[str], exclude: list[str], *, full_refresh: bool = Fa
 
 
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
-    """Invoke dbt in-process against the settings' warehouse; raises naming every failed node."""
+    """Invoke dbt in-process against the settings' warehouse; raises ``DbtFailed`` naming
+    every failed node (and holding every node's status)."""
     runner = PrefectDbtRunner(
         settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
-        raise_on_failure=True,
+        raise_on_failure=False,
     )
     with warehouse_lock(settings), _environment(dbt_environment(settings)):
+        check_warehouse(settings)
         before = set(threading.enumerate())
         try:
             result = runner.invoke(args)
         finally:
             release_duckdb()
             _join_node_task_threads(before)
-    return _summarise(args, result.result)
+    summary = _summarise(args, result.result)
+    if not result.success:
+        raise DbtFailed(summary)
+    return summary
 
 
 def _join_node_task_threads(before: set[threading.Thread], timeout: float = 120) -> None:
@@ -159,17 +211,26 @@ def run_dbt_resumable(args: list[str], settings: Settings, run_key: str) -> DbtS
     """
     marker = settings.data_dir / "dbt-retry" / f"{run_key}.json"
     command = args
+    resumed: list[NodeResult] = []
     if marker.is_file():
         failed = json.loads(marker.read_text())
         if failed["invocation_id"] == _last_invocation_id() and failed["args"] == args:
             command = ["retry"]
+            resumed = [NodeResult(**node) for node in failed.get("passed", [])]
     try:
-        summary = run_dbt(command, settings)
-    except Exception:
+        summary = replace(run_dbt(command, settings), resumed=resumed)
+    except Exception as exc:
         invocation = _last_invocation_id()
         if invocation is not None:
+            passed = [
+                asdict(node)
+                for node in [*resumed, *(exc.summary.nodes if isinstance(exc, DbtFailed) else [])]
+                if node.status in PASSED_STATUSES
+            ]
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps({"invocation_id": invocation, "args": args}))
+            marker.write_text(
+                json.dumps({"invocation_id": invocation, "args": args, "passed": passed})
+            )
         raise
     marker.unlink(missing_ok=True)
     return summary

@@ -10,6 +10,7 @@ import duckdb
 from tributary.lock import warehouse_lock
 from tributary.report import Freshness, RunReport
 from tributary.settings import Settings
+from tributary.warehouse import check_warehouse
 
 DDL = """
 create schema if not exists ops;
@@ -62,7 +63,7 @@ def record_run(
     dbt = report.dbt
     with (
         warehouse_lock(settings),
-        duckdb.connect(str(settings.warehouse)) as warehouse,
+        duckdb.connect(str(check_warehouse(settings))) as warehouse,
     ):
         warehouse.execute(DDL)
         warehouse.execute("begin")

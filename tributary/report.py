@@ -1,4 +1,5 @@
-"""The run report: what one `elt` run loaded and built, as markdown for a Prefect artifact."""
+"""The run report: what one `elt` run loaded, built and published, as markdown for a Prefect
+artifact."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from ingestion.pipeline import SourceLoad
 from tributary.dbt import DbtSummary
+from tributary.publish import NotPublished, Publication
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class RunReport:
     dbt: DbtSummary | None = None
     seconds: float = 0.0
     freshness: list[Freshness] = field(default_factory=list)
+    published: Publication | NotPublished | None = None
 
     def to_markdown(self) -> str:
         lines = [
@@ -71,6 +74,8 @@ class RunReport:
                 f"| {node.seconds:.2f} |"
                 for node in nodes
             ]
+        if self.published is not None:
+            lines += ["", "## Published", "", *_published_lines(self.published)]
         if self.freshness:
             lines += [
                 "",
@@ -88,3 +93,17 @@ class RunReport:
                 age = f"{fresh.age_hours:.1f}" if fresh.age_hours is not None else "-"
                 lines.append(f"| {fresh.dataset} | {when} | {age} |")
         return "\n".join(lines) + "\n"
+
+
+def _published_lines(published: Publication | NotPublished) -> list[str]:
+    """What readers of the published file get after this run, and where each table came from."""
+    if isinstance(published, NotPublished):
+        return [f"Nothing: {published}."]
+    lines = [
+        f"Readers opening `{published.link}` get {published.describe()}:",
+        "",
+        "| table | rows | from |",
+        "|---|---:|---|",
+    ]
+    lines += [f"| {table.relation} | {table.rows} | {table.origin} |" for table in published.tables]
+    return lines

@@ -18,6 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+# What a published file holds: the marts dbt builds (published only from a passing build),
+# the history the pipeline writes (copied as it is), and the publication's own record.
+MART_SCHEMAS = ("marts",)
+HISTORY_SCHEMAS = ("ops", "quarantine")
+PUBLICATION_SCHEMA = "tributary"
 
 
 class Settings(BaseSettings):
@@ -85,6 +90,19 @@ class Settings(BaseSettings):
     lock_timeout_seconds: float = Field(
         default=3600, gt=0, description="How long a warehouse writer waits for another one."
     )
+    published_path: Path | None = Field(
+        default=None,
+        description="The file readers open (read-only): a link to the newest published "
+        "version of the marts; default <data_dir>/published.duckdb.",
+    )
+    published_versions_path: Path | None = Field(
+        default=None,
+        description="Folder of published versions, each a whole DuckDB file written once; "
+        "default <data_dir>/published/.",
+    )
+    published_keep: int = Field(
+        default=5, ge=1, description="Published versions kept (the current one always is)."
+    )
 
     @model_validator(mode="after")
     def _email_needs_recipients(self) -> Settings:
@@ -92,6 +110,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TRIBUTARY_ALERT_EMAIL_TO: TRIBUTARY_SMTP_HOST is set but no recipient is; "
                 'give a JSON list, e.g. ["data-team@example.com"]'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _published_name_is_no_schema(self) -> Settings:
+        # DuckDB names a database after its file: `marts.duckdb` would make `marts.x` ambiguous.
+        schemas = (*MART_SCHEMAS, *HISTORY_SCHEMAS, PUBLICATION_SCHEMA)
+        if self.published.stem in schemas:
+            raise ValueError(
+                f"TRIBUTARY_PUBLISHED_PATH: {self.published.name} is named like a schema in it "
+                f"({', '.join(schemas)}), which makes `{self.published.stem}.<table>` ambiguous "
+                "in DuckDB; choose another file name, e.g. published.duckdb"
             )
         return self
 
@@ -121,6 +151,16 @@ class Settings(BaseSettings):
     def pipelines_dir(self) -> Path:
         """dlt's local working state, kept beside the data it belongs to."""
         return (self.data_dir / "pipelines").resolve()
+
+    @property
+    def published(self) -> Path:
+        """Not resolved: it is a link, and readers must open the link, not today's target."""
+        path = self.published_path or self.data_dir / "published.duckdb"
+        return path.parent.resolve() / path.name
+
+    @property
+    def published_versions(self) -> Path:
+        return (self.published_versions_path or self.data_dir / "published").resolve()
 
     @property
     def demo_api_db(self) -> Path:

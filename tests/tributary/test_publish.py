@@ -1,0 +1,342 @@
+"""Write-audit-publish on real DuckDB files: what a build publishes, what readers in other
+processes see while it does, what a failed or partial build leaves them, and the ways back
+from a bad publication and from a corrupt working warehouse."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.readers import held_connection
+from tributary.dbt import DbtFailed, DbtSummary, NodeResult
+from tributary.errors import is_transient
+from tributary.lock import warehouse_lock
+from tributary.publish import (
+    NotPublished,
+    Publication,
+    WarehouseInUse,
+    current,
+    not_published,
+    publish,
+    restore_published,
+    restore_warehouse,
+    versions,
+)
+from tributary.settings import ConfigurationError, Settings
+from tributary.warehouse import WarehouseBusy, WarehouseUnreadable, check_warehouse
+
+MARTS = {"marts.fct_orders", "marts.dim_customers", "marts.fct_daily_revenue"}
+# The marts' figures must agree with each other in every published set.
+AGREEMENT = """
+    select
+        (select count(*) from marts.fct_orders),
+        (select sum(order_count) from marts.dim_customers),
+        (select sum(order_count) from marts.fct_daily_revenue)
+"""
+
+
+def _model(relation: str, status: str = "success") -> NodeResult:
+    name = relation.split(".")[1]
+    return NodeResult(f"model.tributary.{name}", "model", status, 0.1, relation=relation)
+
+
+def _test(name: str, status: str = "pass") -> NodeResult:
+    return NodeResult(f"test.tributary.{name}", "test", status, 0.1, message=f"{status} {name}")
+
+
+def _build(*relations: str) -> DbtSummary:
+    return DbtSummary(
+        command="build",
+        nodes=[_model(r) for r in relations] + [_test(f"unique_{r}") for r in relations],
+        invocation_id="inv-1",
+    )
+
+
+def _fill(settings: Settings, orders: int) -> None:
+    """A working warehouse as dlt and dbt leave it: raw, staging, marts that agree, history."""
+    settings.warehouse.parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.connect(str(settings.warehouse)) as warehouse:
+        warehouse.execute(
+            f"""
+            create schema if not exists raw_shop;
+            create or replace table raw_shop.orders as select range as order_id
+                from range({orders});
+            create schema if not exists marts;
+            create or replace table marts.fct_orders (order_id bigint not null, customer_id
+                bigint not null);
+            insert into marts.fct_orders select range, range % 3 from range({orders});
+            create or replace table marts.dim_customers as
+                select customer_id, count(*) as order_count from marts.fct_orders group by 1;
+            create or replace table marts.fct_daily_revenue as
+                select date '2026-01-01' as order_date, count(*) as order_count
+                from marts.fct_orders;
+            create schema if not exists ops;
+            create table if not exists ops.pipeline_runs (flow_run_id varchar primary key,
+                status varchar not null);
+            insert or replace into ops.pipeline_runs values ('run-{orders}', 'completed');
+            """
+        )
+
+
+def _query(path: Path, sql: str) -> list[tuple]:
+    with duckdb.connect(str(path), read_only=True) as connection:
+        return connection.execute(sql).fetchall()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path)
+
+
+def test_a_passing_build_publishes_a_whole_new_file_behind_the_readers_link(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    published = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+
+    assert isinstance(published, Publication)
+    link = settings.published
+    assert link == settings.data_dir / "published.duckdb" and link.is_symlink()
+    assert link.resolve() == published.path
+    assert published.path.parent == settings.published_versions
+    # complete and alone: no write-ahead log, no temporary file, not writable by readers
+    assert sorted(p.name for p in settings.published_versions.iterdir()) == [published.version]
+    assert published.path.stat().st_mode & 0o222 == 0
+    assert _query(link, AGREEMENT) == [(30, 30, 30)]
+    assert {(t.relation, t.rows, t.origin) for t in published.tables} == {
+        ("marts.fct_orders", 30, "built by this build"),
+        ("marts.dim_customers", 3, "built by this build"),
+        ("marts.fct_daily_revenue", 1, "built by this build"),
+        ("ops.pipeline_runs", 1, "history"),
+    }
+    # staging and raw stay in the working warehouse
+    schemas = {row[0] for row in _query(link, "select schema_name from duckdb_tables()")}
+    assert schemas == {"marts", "ops", "tributary"}
+    [record] = _query(
+        link, "select version, flow_run_id, dbt_invocation_id from tributary.publication"
+    )
+    assert record == (published.version, "run-1", "inv-1")
+    # declared columns and keys come along, so a restored warehouse keeps them
+    [(ddl,)] = _query(link, "select sql from duckdb_tables() where table_name = 'pipeline_runs'")
+    assert "PRIMARY KEY" in ddl
+    [(ddl,)] = _query(link, "select sql from duckdb_tables() where table_name = 'fct_orders'")
+    assert "NOT NULL" in ddl
+    assert current(settings) == published
+
+
+def test_a_reader_holding_the_published_file_keeps_its_set_and_never_blocks_a_publish(
+    tmp_path: Path,
+) -> None:
+    # one version kept: the reader's own is deleted under it, and it reads on regardless
+    settings = Settings(data_dir=tmp_path, published_keep=1)
+    _fill(settings, orders=30)
+    publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    with held_connection(settings.published) as reader:
+        assert reader.query(AGREEMENT) == [[30, 30, 30]]
+        for orders, run in [(45, "run-2"), (60, "run-3")]:
+            _fill(settings, orders=orders)  # the working warehouse is written meanwhile
+            published = publish(settings, _build(*MARTS), flow_run_id=run, project=MARTS)
+            assert isinstance(published, Publication)
+            # the held connection still reads the set it opened; a new one reads the new set
+            assert reader.query(AGREEMENT) == [[30, 30, 30]]
+            assert _query(settings.published, AGREEMENT) == [(orders, orders, orders)]
+            assert versions(settings) == [published.path]
+
+
+def test_a_failed_build_publishes_nothing_and_says_what_readers_keep(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    first = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    assert isinstance(first, Publication)
+    _fill(settings, orders=45)
+    failed = DbtSummary(
+        command="build",
+        nodes=[
+            _model("marts.dim_customers"),
+            _model("marts.fct_daily_revenue"),
+            _test("accepted_values_currency", "fail"),
+            _model("marts.fct_orders", "skipped"),
+            _test("unique_fct_orders", "skipped"),
+        ],
+    )
+
+    outcome = publish(settings, failed, flow_run_id="run-2", project=MARTS)
+    assert isinstance(outcome, NotPublished)
+    note = str(not_published(settings, DbtFailed(failed)))
+    assert str(outcome) == note
+    when = f"{first.published_at:%Y-%m-%d %H:%M:%S} UTC"
+    assert note == (
+        f"not published: 1 failed, 2 skipped; readers keep the set published at {when} "
+        f"by run run-1 ({first.version})"
+    )
+    assert "accepted_values_currency" in str(DbtFailed(failed))
+    assert versions(settings) == [first.path]
+    assert _query(settings.published, AGREEMENT) == [(30, 30, 30)]
+
+
+def test_a_selective_build_carries_the_other_marts_over_from_the_published_set(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    first = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    assert isinstance(first, Publication)
+    # what a failed build leaves in the working warehouse must not reach readers
+    _fill(settings, orders=45)
+    with duckdb.connect(str(settings.warehouse)) as warehouse:
+        warehouse.execute("insert into marts.dim_customers values (99, 1000)")
+
+    second = publish(
+        settings, _build("marts.fct_daily_revenue"), flow_run_id="run-2", project=MARTS
+    )
+
+    assert isinstance(second, Publication)
+    origins = {t.relation: t.origin for t in second.tables}
+    assert origins == {
+        "marts.fct_daily_revenue": "built by this build",
+        "marts.fct_orders": f"carried over from {first.version}",
+        "marts.dim_customers": f"carried over from {first.version}",
+        "ops.pipeline_runs": "history",
+    }
+    for table in ("marts.fct_orders", "marts.dim_customers"):
+        sql = f"select * from {table} order by all"
+        assert _query(second.path, sql) == _query(first.path, sql), table
+    assert _query(settings.published, AGREEMENT) == [(30, 30, 45)]
+    assert _query(settings.published, "select count(*) from ops.pipeline_runs") == [(2,)]
+
+
+def test_a_selective_build_with_nothing_published_yet_publishes_nothing(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    outcome = publish(settings, _build("marts.fct_orders"), flow_run_id="run-1", project=MARTS)
+    assert isinstance(outcome, NotPublished)
+    assert "marts.dim_customers, marts.fct_daily_revenue" in outcome.reason
+    assert str(outcome).endswith("readers have no published set yet")
+    assert not settings.published.exists() and versions(settings) == []
+
+
+def test_a_resumed_build_publishes_what_its_failed_attempt_built_too(settings: Settings) -> None:
+    _fill(settings, orders=30)
+    retry = DbtSummary(
+        command="retry",
+        nodes=[_test("accepted_values_currency"), _model("marts.fct_orders")],
+        resumed=[_model("marts.dim_customers"), _model("marts.fct_daily_revenue")],
+    )
+    published = publish(settings, retry, flow_run_id="run-1", project=MARTS)
+    assert isinstance(published, Publication)
+    assert {t.relation for t in published.tables if t.origin == "built by this build"} == MARTS
+
+
+def test_old_versions_go_and_readers_can_be_sent_back_to_a_kept_one(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, published_keep=2)
+    _fill(settings, orders=30)
+    made = [
+        publish(settings, _build(*MARTS), flow_run_id=f"run-{n}", project=MARTS) for n in range(3)
+    ]
+    paths = [p.path for p in made if isinstance(p, Publication)]
+    assert versions(settings) == paths[1:]
+
+    back = restore_published(settings)  # to the one before the current
+    assert back.path == paths[1] and settings.published.resolve() == paths[1]
+    restore_published(settings, paths[1].name)  # by name, idempotent
+    with pytest.raises(ConfigurationError, match="No version older"):
+        restore_published(settings)
+    with pytest.raises(ConfigurationError, match="No kept version 'nope'"):
+        restore_published(settings, "nope")
+
+    fourth = publish(settings, _build(*MARTS), flow_run_id="run-4", project=MARTS)
+    assert isinstance(fourth, Publication)
+    assert versions(settings) == [paths[2], fourth.path]
+    assert settings.published.resolve() == fourth.path
+
+
+def test_publish_restore_points_readers_back_and_refuses_during_a_run(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    first = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    _fill(settings, orders=45)
+    publish(settings, _build(*MARTS), flow_run_id="run-2", project=MARTS)
+    assert _query(settings.published, AGREEMENT) == [(45, 45, 45)]
+
+    with warehouse_lock(settings), pytest.raises(WarehouseInUse, match="holds the warehouse"):
+        restore_published(settings)
+    assert restore_published(settings) == first
+    assert _query(settings.published, AGREEMENT) == [(30, 30, 30)]
+
+
+def test_a_file_in_the_readers_place_is_never_overwritten(settings: Settings) -> None:
+    _fill(settings, orders=30)
+    settings.published.write_text("somebody's notes")
+    with pytest.raises(ConfigurationError, match="TRIBUTARY_PUBLISHED_PATH"):
+        publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    assert settings.published.read_text() == "somebody's notes"
+
+
+def test_a_truncated_warehouse_names_the_setting_and_the_way_back(settings: Settings) -> None:
+    _fill(settings, orders=30)
+    os.truncate(settings.warehouse, 1000)
+    with pytest.raises(WarehouseUnreadable) as failure:
+        check_warehouse(settings)
+    message = str(failure.value)
+    assert f"TRIBUTARY_WAREHOUSE_PATH: {settings.warehouse} is not a readable DuckDB" in message
+    assert "`tributary warehouse restore`" in message
+    assert not is_transient(failure.value)
+
+
+def test_a_reader_holding_the_working_warehouse_is_told_to_open_the_published_file(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    with held_connection(settings.warehouse), pytest.raises(WarehouseBusy) as failure:
+        check_warehouse(settings)
+    message = str(failure.value)
+    assert f"TRIBUTARY_WAREHOUSE_PATH: another process holds {settings.warehouse}" in message
+    assert f"open the published file {settings.published} read-only" in message
+    assert is_transient(failure.value)  # still waited out and retried
+
+
+def test_warehouse_restore_rebuilds_from_the_published_set_and_forgets_dlt_state(
+    settings: Settings,
+) -> None:
+    _fill(settings, orders=30)
+    published = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    assert isinstance(published, Publication)
+    pipelines = settings.pipelines_dir
+    (pipelines / "tributary_shop" / "state").mkdir(parents=True)
+    (pipelines / "tributary_shop.bulk.json").write_text("{}")
+    (pipelines / "tributary_shop.lock").touch()
+    os.truncate(settings.warehouse, 1000)
+    broken = settings.warehouse.read_bytes()
+
+    with warehouse_lock(settings), pytest.raises(WarehouseInUse):
+        restore_warehouse(settings)
+    result = restore_warehouse(settings)
+
+    [aside] = result.moved
+    assert aside.name.startswith("warehouse.duckdb.corrupt-") and aside.read_bytes() == broken
+    assert result.restored_from == published
+    assert result.removed_state == [
+        pipelines / "tributary_shop",
+        pipelines / "tributary_shop.bulk.json",
+    ]
+    assert sorted(p.name for p in pipelines.iterdir()) == ["tributary_shop.lock"]
+    check_warehouse(settings)
+    assert _query(settings.warehouse, AGREEMENT) == [(30, 30, 30)]
+    schemas = {r[0] for r in _query(settings.warehouse, "select schema_name from duckdb_tables()")}
+    assert schemas == {"marts", "ops"}  # the publication's own record stays behind
+    with duckdb.connect(str(settings.warehouse)) as warehouse:  # writable again
+        warehouse.execute("insert into ops.pipeline_runs values ('run-2', 'completed')")
+    # a readable warehouse is replaced only on purpose
+    with pytest.raises(ConfigurationError, match="opens fine"):
+        restore_warehouse(settings)
+    assert restore_warehouse(settings, force=True).restored_from == published
+
+
+def test_a_published_file_named_like_a_schema_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"TRIBUTARY_PUBLISHED_PATH: marts\.duckdb"):
+        Settings(data_dir=tmp_path, published_path=tmp_path / "marts.duckdb")
