@@ -124,7 +124,7 @@ def _print_summary(report: RunReport) -> None:
     )
     published = report.published
     if not isinstance(published, Publication):
-        console.print(f"Marts: {published}")
+        console.print(f"Marts: {published}", soft_wrap=True, markup=False)
         return
     # What readers see: the published file, which no run writes in place.
     with duckdb.connect(str(published.link), read_only=True) as readers:
@@ -138,10 +138,13 @@ def _print_summary(report: RunReport) -> None:
     console.print(
         "Marts: " + ", ".join(f"marts.{name} {rows:,} rows" for name, rows in marts.items())
     )
-    console.print(f"Published: {published.describe()}")
+    # Not wrapped: the path is there to be copied.
+    console.print(f"Published: {published.describe()}", soft_wrap=True, markup=False)
     console.print(
         f"Query it with `duckdb -readonly {published.link}`, or in Python "
-        f"`duckdb.connect({str(published.link)!r}, read_only=True)`; a run never blocks it."
+        f"`duckdb.connect({str(published.link)!r}, read_only=True)`; a run never blocks it.",
+        soft_wrap=True,
+        markup=False,
     )
 
 

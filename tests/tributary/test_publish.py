@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from tests.readers import held_connection
+from tributary.cli import _print_summary
 from tributary.dbt import DbtFailed, DbtSummary, NodeResult
 from tributary.errors import is_transient
 from tributary.lock import warehouse_lock
@@ -25,6 +26,7 @@ from tributary.publish import (
     restore_warehouse,
     versions,
 )
+from tributary.report import RunReport
 from tributary.settings import ConfigurationError, Settings
 from tributary.warehouse import WarehouseBusy, WarehouseUnreadable, check_warehouse
 
@@ -340,3 +342,16 @@ def test_warehouse_restore_rebuilds_from_the_published_set_and_forgets_dlt_state
 def test_a_published_file_named_like_a_schema_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"TRIBUTARY_PUBLISHED_PATH: marts\.duckdb"):
         Settings(data_dir=tmp_path, published_path=tmp_path / "marts.duckdb")
+
+
+def test_the_demo_summary_reads_the_marts_readers_get(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _fill(settings, orders=30)
+    published = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    _fill(settings, orders=45)  # the working warehouse moved on; readers did not
+    _print_summary(RunReport(warehouse=settings.warehouse, dbt=_build(), published=published))
+    output = " ".join(capsys.readouterr().out.split())
+    assert "marts.fct_orders 30 rows" in output
+    assert f"Query it with `duckdb -readonly {settings.published}`" in output
+    assert f"duckdb.connect('{settings.published}', read_only=True)" in output

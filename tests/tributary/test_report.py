@@ -3,6 +3,7 @@ from pathlib import Path
 
 from ingestion.pipeline import SourceLoad, TableLoad
 from tributary.dbt import DbtSummary, NodeResult
+from tributary.publish import NotPublished, Publication, PublishedTable
 from tributary.report import Freshness, RunReport
 
 
@@ -52,3 +53,34 @@ def test_report_shows_source_freshness() -> None:
     markdown = report.to_markdown()
     assert "| raw_fx | 2026-11-25 06:00 | 30.0 |" in markdown
     assert "| raw_shop | never | - |" in markdown
+
+
+def test_report_says_what_readers_get_or_keep() -> None:
+    publication = Publication(
+        version="published-20261126T120000000000Z.duckdb",
+        path=Path("/data/published/published-20261126T120000000000Z.duckdb"),
+        link=Path("/data/published.duckdb"),
+        published_at=datetime(2026, 11, 26, 12, 0, tzinfo=UTC),
+        flow_run_id="run-1",
+        dbt_invocation_id="inv-1",
+        tables=[
+            PublishedTable("marts.fct_orders", 10_000, "built by this build"),
+            PublishedTable("marts.dim_customers", 1_312, "carried over from v0"),
+        ],
+    )
+    markdown = RunReport(warehouse=Path("/w.duckdb"), published=publication).to_markdown()
+    assert "## Published" in markdown
+    assert (
+        "Readers opening `/data/published.duckdb` get version "
+        "published-20261126T120000000000Z.duckdb, published at 2026-11-26 12:00:00 UTC by run "
+        "run-1:" in markdown
+    )
+    assert "| marts.fct_orders | 10000 | built by this build |" in markdown
+    assert "| marts.dim_customers | 1312 | carried over from v0 |" in markdown
+
+    kept = NotPublished("1 failed, 4 skipped", publication)
+    markdown = RunReport(warehouse=Path("/w.duckdb"), published=kept).to_markdown()
+    assert (
+        "Nothing: not published: 1 failed, 4 skipped; readers keep the set published at "
+        "2026-11-26 12:00:00 UTC by run run-1" in markdown
+    )
