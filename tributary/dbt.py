@@ -127,7 +127,7 @@ def _summarise(command: list[str], result: Any) -> DbtSummary:
         )
         for run in getattr(result, "results", None) or []
     ]
-    return DbtSummary(command=" ".join(command), nodes=nodes, invocation_id=_last_invocation_id())
+    return DbtSummary(command=" ".join(command), nodes=nodes, invocation_id=last_invocation_id())
 
 
 @contextmanager
@@ -194,7 +194,8 @@ def _join_node_task_threads(before: set[threading.Thread], timeout: float = 120)
 RUN_RESULTS = DBT_PROJECT_DIR / "target" / "run_results.json"
 
 
-def _last_invocation_id() -> str | None:
+def last_invocation_id() -> str | None:
+    """The invocation id of the last dbt command run from this project (any process)."""
     try:
         return json.loads(RUN_RESULTS.read_text())["metadata"]["invocation_id"]
     except (OSError, ValueError, KeyError):
@@ -214,13 +215,13 @@ def run_dbt_resumable(args: list[str], settings: Settings, run_key: str) -> DbtS
     resumed: list[NodeResult] = []
     if marker.is_file():
         failed = json.loads(marker.read_text())
-        if failed["invocation_id"] == _last_invocation_id() and failed["args"] == args:
+        if failed["invocation_id"] == last_invocation_id() and failed["args"] == args:
             command = ["retry"]
             resumed = [NodeResult(**node) for node in failed.get("passed", [])]
     try:
         summary = replace(run_dbt(command, settings), resumed=resumed)
     except Exception as exc:
-        invocation = _last_invocation_id()
+        invocation = last_invocation_id()
         if invocation is not None:
             passed = [
                 asdict(node)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import duckdb
 
-from tributary.dbt import PASSED_STATUSES, DbtFailed, DbtSummary
+from tributary.dbt import PASSED_STATUSES, DbtFailed, DbtSummary, last_invocation_id
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import (
     DBT_PROJECT_DIR,
@@ -207,6 +207,14 @@ def publish(
         previous = current(settings)
         if not dbt.passed:
             return NotPublished(_failed_and_skipped(dbt), previous)
+        latest = last_invocation_id()
+        if dbt.invocation_id is not None and latest != dbt.invocation_id:
+            # Between this build and this lock, another dbt command wrote the working warehouse.
+            return NotPublished(
+                f"another dbt invocation ({latest}) ran after this build, so the working "
+                "warehouse may no longer hold what this build made and tested",
+                previous,
+            )
         built = dbt.built(MART_SCHEMAS)
         if not built:
             return NotPublished("the build made no mart", previous)
@@ -326,20 +334,24 @@ def _point_link(settings: Settings, target: Path) -> None:
     """Swap the readers' link to ``target`` in one rename; readers see the old or the new."""
     link = _link(settings)
     link.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in link.parent.glob(f".{link.name}.*.swap"):  # from a killed publication
+        leftover.unlink()
     swap = link.with_name(f".{link.name}.{os.getpid()}.swap")
-    swap.unlink(missing_ok=True)
     swap.symlink_to(os.path.relpath(target, link.parent))
     os.replace(swap, link)
     _fsync(link.parent)
 
 
 def _prune(settings: Settings) -> None:
-    """Keep the newest ``published_keep`` versions, the one readers now get among them (it was
-    just published), and drop what a killed publication left half-written (nobody else writes
-    there while we hold the lock). A reader still on a dropped version keeps reading it: the
-    file lives on until its last connection closes."""
+    """Keep the newest ``published_keep`` versions and the one readers get (the newest unless
+    the clock went back), and drop what a killed publication left half-written (nobody else
+    writes there while we hold the lock). A reader still on a dropped version keeps reading
+    it: the file lives on until its last connection closes."""
+    link = settings.published
+    serving = link.resolve() if link.is_symlink() else None
     for path in versions(settings)[: -settings.published_keep]:
-        path.unlink()
+        if path != serving:
+            path.unlink()
     for leftover in settings.published_versions.glob("*.partial*"):
         leftover.unlink()
 

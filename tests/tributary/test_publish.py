@@ -4,6 +4,7 @@ from a bad publication and from a corrupt working warehouse."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -86,6 +87,15 @@ def _fill(settings: Settings, orders: int) -> None:
 def _query(path: Path, sql: str) -> list[tuple]:
     with duckdb.connect(str(path), read_only=True) as connection:
         return connection.execute(sql).fetchall()
+
+
+@pytest.fixture(autouse=True)
+def last_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """dbt's run_results.json as the build these tests publish left it."""
+    run_results = tmp_path / "run_results.json"
+    run_results.write_text(json.dumps({"metadata": {"invocation_id": "inv-1"}}))
+    monkeypatch.setattr("tributary.dbt.RUN_RESULTS", run_results)
+    return run_results
 
 
 @pytest.fixture
@@ -221,6 +231,20 @@ def test_a_selective_build_with_nothing_published_yet_publishes_nothing(
     assert not settings.published.exists() and versions(settings) == []
 
 
+def test_a_build_another_dbt_command_followed_publishes_nothing(
+    settings: Settings, last_invocation: Path
+) -> None:
+    _fill(settings, orders=30)
+    first = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    # another build (a failed one, say) wrote the working warehouse before this one's publish
+    last_invocation.write_text(json.dumps({"metadata": {"invocation_id": "inv-2"}}))
+    _fill(settings, orders=45)
+    outcome = publish(settings, _build(*MARTS), flow_run_id="run-2", project=MARTS)
+    assert isinstance(outcome, NotPublished) and outcome.current == first
+    assert outcome.reason.startswith("another dbt invocation (inv-2) ran after this build")
+    assert _query(settings.published, AGREEMENT) == [(30, 30, 30)]
+
+
 def test_a_resumed_build_publishes_what_its_failed_attempt_built_too(settings: Settings) -> None:
     _fill(settings, orders=30)
     retry = DbtSummary(
@@ -254,6 +278,20 @@ def test_old_versions_go_and_readers_can_be_sent_back_to_a_kept_one(tmp_path: Pa
     assert isinstance(fourth, Publication)
     assert versions(settings) == [paths[2], fourth.path]
     assert settings.published.resolve() == fourth.path
+
+
+def test_the_version_readers_get_is_kept_even_when_the_clock_went_back(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, published_keep=1)
+    _fill(settings, orders=30)
+    first = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
+    assert isinstance(first, Publication)
+    # a version stamped by a clock that was ahead: every later name sorts before it
+    ahead = first.path.with_name("published-29991231T000000000000Z.duckdb")
+    ahead.write_bytes(first.path.read_bytes())
+    published = publish(settings, _build(*MARTS), flow_run_id="run-2", project=MARTS)
+    assert isinstance(published, Publication)
+    assert versions(settings) == [published.path, ahead]
+    assert current(settings) == published
 
 
 def test_publish_restore_points_readers_back_and_refuses_during_a_run(
