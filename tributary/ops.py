@@ -38,8 +38,9 @@ create table if not exists ops.table_loads (
     loaded_at timestamptz not null,
     primary key (flow_run_id, dataset, table_name)
 );
--- warehouses made before deletes were counted
+-- warehouses made before deletes were counted, and before rows were quarantined
 alter table ops.table_loads add column if not exists rows_deleted bigint default 0;
+alter table ops.table_loads add column if not exists rows_quarantined bigint default 0;
 """
 
 
@@ -94,6 +95,7 @@ def record_run(
                 table.new,
                 table.updated,
                 table.deleted,
+                table.quarantined,
                 finished_at,
             ]
             for load in report.loads
@@ -102,8 +104,8 @@ def record_run(
         if rows:
             warehouse.executemany(
                 "insert into ops.table_loads (flow_run_id, dataset, table_name, load_ids, "
-                "rows_loaded, rows_new, rows_updated, rows_deleted, loaded_at) "
-                "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "rows_loaded, rows_new, rows_updated, rows_deleted, rows_quarantined, loaded_at) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         warehouse.execute("commit")

@@ -2,6 +2,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from ingestion.pipeline import SourceLoad, TableLoad
+from ingestion.quarantine import QuarantineCount
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.report import Freshness, RunReport
 
@@ -52,3 +53,32 @@ def test_report_shows_source_freshness() -> None:
     markdown = report.to_markdown()
     assert "| raw_fx | 2026-11-25 06:00 | 30.0 |" in markdown
     assert "| raw_shop | never | - |" in markdown
+
+
+def test_report_names_the_quarantined_rows() -> None:
+    report = RunReport(
+        warehouse=Path("/w.duckdb"),
+        loads=[
+            SourceLoad(
+                source="shop",
+                dataset="raw_shop",
+                load_ids=["1"],
+                tables=[TableLoad("orders", loaded=5, new=1, updated=4, quarantined=1)],
+                quarantined=[
+                    QuarantineCount(
+                        table="orders",
+                        reason="cursor updated_at 2099-01-01 00:00:00 is beyond now",
+                        rows=1,
+                        new_rows=1,
+                        example_keys=('{"order_id":7}',),
+                    )
+                ],
+            )
+        ],
+    )
+    markdown = report.to_markdown()
+    assert "| raw_shop | orders | 5 | 1 | 4 | 0 | 1 |" in markdown
+    assert (
+        "| raw_shop | orders | cursor updated_at 2099-01-01 00:00:00 is beyond now | 1 | 1 "
+        '| `{"order_id":7}` |'
+    ) in markdown
