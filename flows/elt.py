@@ -206,6 +206,8 @@ def elt(params: EltParameters | None = None) -> RunReport:
                     for t in load.tables
                 ),
             )
+            for change in load.schema_changes:
+                logger.warning("ingest %s: schema drift: %s", source, change.describe())
             for count in load.quarantined:
                 logger.warning(
                     "ingest %s: %d row(s) of %s quarantined (%d new): %s; keys %s",

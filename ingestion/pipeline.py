@@ -20,7 +20,8 @@ from dlt.extract import DltSource
 from dlt.pipeline.exceptions import PipelineStepFailed
 from sqlalchemy.engine import URL
 
-from ingestion import guards
+from ingestion import drift, guards
+from ingestion.drift import SchemaChange
 from ingestion.fx import fx
 from ingestion.guards import Contract, GuardError
 from ingestion.payments import payments
@@ -62,6 +63,7 @@ class SourceLoad:
     tables: list[TableLoad] = field(default_factory=list)
     resumed: bool = False
     quarantined: list[QuarantineCount] = field(default_factory=list)
+    schema_changes: list[SchemaChange] = field(default_factory=list)
 
     @property
     def rows_loaded(self) -> int:
@@ -586,6 +588,54 @@ def _quarantine_problems(
     return problems
 
 
+def _stored_columns(pipeline: dlt.Pipeline) -> dict[str, dict[str, Any]]:
+    """The columns per table the pipeline's schema holds from earlier loads (none yet: {})."""
+    if not pipeline.default_schema_name:
+        return {}
+    return drift.stored_columns(pipeline.default_schema.tables)
+
+
+def _evolve(
+    pipeline: dlt.Pipeline,
+    dlt_source: DltSource,
+    settings: Settings,
+    changes: list[SchemaChange],
+    stored: dict[str, dict[str, Any]],
+) -> None:
+    """Lets a database table's changed columns load: a column the source no longer has
+    becomes nullable (its new rows hold NULL there; a NOT NULL column would fail every load),
+    in the pipeline's schema and the warehouse, and is marked gone there (reported once); a
+    new column is added nullable (the warehouse cannot add a NOT NULL column to a table that
+    holds rows), and a column that comes back is no longer marked gone."""
+    if not changes:
+        return
+    gone = [
+        (change.table, change.previous or change.column)
+        for change in changes
+        if change.change in ("removed", "renamed")
+    ]
+    back = [(change.table, change.column) for change in changes if change.change != "removed"]
+    relax = [(t, c) for t, c in gone if not stored[t][c].get("nullable", True)]
+    tables = pipeline.default_schema.tables
+    for table, column in gone:
+        tables[table]["columns"][column][drift.GONE] = True  # type: ignore[literal-required]
+        tables[table]["columns"][column]["nullable"] = True
+    for table, column in back:
+        tables[table]["columns"].get(column, {}).pop(drift.GONE, None)  # type: ignore[misc]
+    pipeline.schemas.save_schema(pipeline.default_schema)
+    if relax:
+        with warehouse_lock(settings), pipeline.sql_client() as client:
+            for table, column in relax:
+                client.execute_sql(
+                    f"alter table {client.make_qualified_table_name(table)} alter column "
+                    f"{client.escape_column_name(column)} drop not null"
+                )
+    for table, column in back:
+        dlt_source.resources[table].apply_hints(
+            columns={column: {"name": column, "nullable": True}}
+        )
+
+
 def run_source(
     source: SourceName,
     settings: Settings,
@@ -615,6 +665,12 @@ def run_source(
     nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
     instead of repeating it.
     """
+    unknown = sorted(set(settings.schema_contract) - set(SOURCE_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"TRIBUTARY_SCHEMA_CONTRACT: no source {', '.join(unknown)}; the sources are "
+            f"{', '.join(SOURCE_NAMES)}"
+        )
     # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
     bulk_tables: set[str] = set()
     cursor_limit = datetime.now(UTC) + timedelta(seconds=settings.cursor_future_tolerance_seconds)
@@ -648,6 +704,8 @@ def run_source(
         dlt_source = dlt_source.with_resources(*refresh_tables)
         refresh = "drop_resources"
     mirrored = source in MIRRORED_SOURCES
+    contract_mode = settings.schema_contract.get(source, "evolve")
+    schema_changes: list[SchemaChange] = []
     # One run of a pipeline at a time: its working folder is not shared between processes.
     pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
     with file_lock(pipeline_lock, f"{source} pipeline", settings.lock_timeout_seconds):
@@ -684,6 +742,17 @@ def run_source(
                 and shop_url.get_backend_name() == "postgresql"
             ):
                 bulk_tables.update(_bulk_eligible(dlt_source, full_reads))
+            stored = {} if refresh else _stored_columns(pipeline)
+            if mirrored:
+                for table in dlt_source.resources.selected:
+                    if table in stored:
+                        current = dlt_source.resources[table].compute_table_schema()["columns"]
+                        schema_changes += drift.reflected_changes(table, stored[table], current)
+                if schema_changes and contract_mode == "freeze":
+                    raise GuardError(
+                        drift.frozen_message(source, pipeline.dataset_name, schema_changes)
+                    )
+                _evolve(pipeline, dlt_source, settings, schema_changes, stored)
             for contract in _contracts(source, dlt_source, cursor_limit):
                 guards.guard(dlt_source.resources[contract.table], contract, journal)
             try:
@@ -696,6 +765,15 @@ def run_source(
                 raise
             journal.seal(extracted.loads_ids[-1] if extracted.loads_ids else None)
             _normalize(pipeline, source, journal, settings)
+            if not mirrored and stored:
+                after = drift.stored_columns(pipeline.default_schema.tables, variants=True)
+                for table in sorted(stored.keys() & after.keys()):
+                    schema_changes += drift.normalized_changes(table, stored[table], after[table])
+                if schema_changes and contract_mode == "freeze":
+                    pipeline.abort_packages()  # the package and the cursor it moved
+                    raise GuardError(
+                        drift.frozen_message(source, pipeline.dataset_name, schema_changes)
+                    )
             if bulk_tables:
                 bulk.write_plan(plan, _bulk_reads(pipeline, dlt_source.name, bulk_tables))
         _quarantine_duplicates(pipeline, journal, collapse_identical=not mirrored)
@@ -762,6 +840,7 @@ def run_source(
         resumed=resumed,
         tables=table_loads,
         quarantined=quarantined,
+        schema_changes=schema_changes,
     )
     problems = stops + _quarantine_problems(pipeline.dataset_name, quarantined, loaded, settings)
     if problems:

@@ -67,6 +67,22 @@ class RunReport:
                 f"| {count.new_rows} | {' '.join(f'`{key}`' for key in count.example_keys)} |"
                 for load, count in quarantined
             ]
+        changes = [(load, change) for load in self.loads for change in load.schema_changes]
+        if changes:
+            lines += [
+                "",
+                "## Schema changes",
+                "",
+                "Source columns that changed since the last load (reported once).",
+                "",
+                "| dataset | table | column | change | detail |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {load.dataset} | {change.table} | {change.column} | {change.change} "
+                f"| {change.detail} |"
+                for load, change in changes
+            ]
         if self.dbt is not None:
             lines += [
                 "",

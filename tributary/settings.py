@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         "than TRIBUTARY_DELETE_MIN_ROWS, or all of them) stops before deleting until it is run "
         "with confirm_deletes.",
     )
+    schema_contract: dict[str, Literal["evolve", "freeze"]] = Field(
+        default_factory=dict,
+        description="Per source, what a change of its columns does (JSON object in env, e.g. "
+        '{"shop": "freeze"}): evolve (default) loads and reports it, freeze loads nothing '
+        "of that run and fails naming the columns.",
+    )
     delete_min_rows: int = Field(
         default=10,
         ge=0,

@@ -1,6 +1,7 @@
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ingestion.drift import SchemaChange
 from ingestion.pipeline import SourceLoad, TableLoad
 from ingestion.quarantine import QuarantineCount
 from tributary.dbt import DbtSummary, NodeResult
@@ -82,3 +83,23 @@ def test_report_names_the_quarantined_rows() -> None:
         "| raw_shop | orders | cursor updated_at 2099-01-01 00:00:00 is beyond now | 1 | 1 "
         '| `{"order_id":7}` |'
     ) in markdown
+
+
+def test_report_lists_schema_changes() -> None:
+    report = RunReport(
+        warehouse=Path("/w.duckdb"),
+        loads=[
+            SourceLoad(
+                source="shop",
+                dataset="raw_shop",
+                load_ids=["1"],
+                schema_changes=[
+                    SchemaChange("orders", "order_status", "renamed", "was status, both text")
+                ],
+            )
+        ],
+    )
+    assert (
+        "| raw_shop | orders | order_status | renamed | was status, both text |"
+        in report.to_markdown()
+    )
