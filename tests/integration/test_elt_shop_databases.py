@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
@@ -37,11 +36,8 @@ SHOP_KEYS = {
 }
 
 
-@dataclass
 class ServerShop(Shop):
     """A shop in a database server, read through its SQLAlchemy URL."""
-
-    server: str = ""
 
     def expected(self) -> ExpectedMarts:
         return expected_marts(self.settings.shop_connection_url, self.api_url, self.token)
@@ -67,9 +63,7 @@ def shop(
             env.setenv("TRIBUTARY_FX_API_URL", api_url)
             env.setenv("SOURCES__PAYMENTS__TOKEN", token)
             get_settings.cache_clear()
-            yield ServerShop(
-                settings=get_settings(), api_url=api_url, token=token, server=request.param
-            )
+            yield ServerShop(settings=get_settings(), api_url=api_url, token=token)
         get_settings.cache_clear()
 
 
