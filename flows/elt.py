@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.hooks import notify_failure
 from flows.publish import publish_marts, say_not_published
+from ingestion.guards import GuardError
 from ingestion.pipeline import (
     SOURCE_NAMES,
     WINDOWED_SOURCES,
@@ -55,6 +56,11 @@ class EltParameters(BaseModel):
         default=None,
         description="Delete warehouse rows whose key the shop database no longer holds (one "
         "key scan per table); default TRIBUTARY_SHOP_RECONCILE_DELETES.",
+    )
+    confirm_deletes: bool = Field(
+        default=False,
+        description="Go ahead with deletes that a run stopped because they were more than "
+        "TRIBUTARY_DELETE_MAX_SHARE of a table (a source table emptied, a mass soft delete).",
     )
     dbt_select: list[str] = Field(default_factory=list, description="dbt --select; empty: all.")
     dbt_exclude: list[str] = Field(default_factory=list, description="dbt --exclude.")
@@ -118,6 +124,7 @@ def ingest(
     refresh_tables: list[str] | None = None,
     window: tuple[date, date] | None = None,
     reconcile_deletes: bool | None = None,
+    confirm_deletes: bool = False,
 ) -> SourceLoad:
     """One dlt pipeline run; a retry first loads what the failed attempt left pending."""
     bounds = _window_bounds(source, window) if window else None
@@ -128,6 +135,7 @@ def ingest(
         refresh_tables=refresh_tables or (),
         window=bounds,
         reconcile_deletes=reconcile_deletes,
+        confirm_deletes=confirm_deletes,
     )
 
 
@@ -181,8 +189,11 @@ def elt(params: EltParameters | None = None) -> RunReport:
                     refresh_tables=tables,
                     window=window if source in WINDOWED_SOURCES else None,
                     reconcile_deletes=params.reconcile_deletes,
+                    confirm_deletes=params.confirm_deletes,
                 )
             except Exception as exc:
+                if isinstance(exc, GuardError) and exc.load is not None:
+                    loads.append(exc.load)  # it stopped after loading: its history counts
                 raise StepFailed(f"ingest {source}", exc) from exc
             loads.append(load)
             logger.info(
@@ -192,9 +203,22 @@ def elt(params: EltParameters | None = None) -> RunReport:
                 load.dataset,
                 ", ".join(
                     f"{t.table} {t.new} new/{t.updated} updated/{t.deleted} deleted"
+                    + (f"/{t.quarantined} quarantined" if t.quarantined else "")
                     for t in load.tables
                 ),
             )
+            for change in load.schema_changes:
+                logger.warning("ingest %s: schema drift: %s", source, change.describe())
+            for count in load.quarantined:
+                logger.warning(
+                    "ingest %s: %d row(s) of %s quarantined (%d new): %s; keys %s",
+                    source,
+                    count.rows,
+                    count.table,
+                    count.new_rows,
+                    count.reason,
+                    ", ".join(count.example_keys) or "none",
+                )
         try:
             dbt: DbtSummary = run_dbt_resumable(
                 params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)

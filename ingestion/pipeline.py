@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+import gzip
+import json
+import shutil
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dlt
+import pyarrow.parquet as pq
 from dlt.common.configuration.specs import ConnectionStringCredentials
+from dlt.common.json import json as dlt_json
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltSource
+from dlt.pipeline.exceptions import PipelineStepFailed
 from sqlalchemy.engine import URL
 
+from ingestion import drift, guards
+from ingestion.drift import SchemaChange
 from ingestion.fx import fx
+from ingestion.guards import Contract, GuardError
 from ingestion.payments import payments
+from ingestion.payments.settings import ACCEPTED_VALUES as PAYMENTS_ACCEPTED_VALUES
+from ingestion.quarantine import Journal, QuarantineCount, Rejected
+from ingestion.quarantine import flush as flush_quarantine
 from ingestion.shop import bulk, database_url, shop
-from ingestion.shop.keys import KeySnapshot, delete_missing
+from ingestion.shop.keys import KeySnapshot, delete_missing, missing_keys
 from ingestion.shop.keys import snapshot as key_snapshot
 from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
 from tributary.lock import file_lock, warehouse_lock
@@ -38,19 +51,28 @@ class TableLoad:
     new: int
     updated: int
     deleted: int = 0
+    quarantined: int = 0
 
 
 @dataclass(frozen=True)
 class SourceLoad:
+    """What one run of a source did: per table, and the rows it kept out of raw."""
+
     source: str
     dataset: str
     load_ids: list[str]
     tables: list[TableLoad] = field(default_factory=list)
     resumed: bool = False
+    quarantined: list[QuarantineCount] = field(default_factory=list)
+    schema_changes: list[SchemaChange] = field(default_factory=list)
 
     @property
     def rows_loaded(self) -> int:
         return sum(table.loaded for table in self.tables)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(count.rows for count in self.quarantined)
 
 
 def dataset_name(source: SourceName) -> str:
@@ -96,6 +118,10 @@ SOURCE_FACTORIES: dict[SourceName, Callable[[Settings], DltSource]] = {
 }
 # Sources whose tables mirror a database's: a table read whole replaces its warehouse copy.
 MIRRORED_SOURCES: frozenset[SourceName] = frozenset({"shop"})
+# Columns whose values a source promises to keep within a set: a row outside is quarantined.
+ACCEPTED_VALUES: dict[SourceName, dict[str, dict[str, tuple[str, ...]]]] = {
+    "payments": PAYMENTS_ACCEPTED_VALUES
+}
 # Sources that take a backfill window: (ISO start, ISO end) over their incremental cursor.
 WINDOWED_SOURCES: dict[SourceName, Callable[[Settings, tuple[str, str]], DltSource]] = {
     "payments": lambda settings, window: payments(
@@ -240,19 +266,6 @@ def _changes(
     return changes
 
 
-def _reconcile(pipeline: dlt.Pipeline, snapshots: Sequence[KeySnapshot]) -> dict[str, int]:
-    """Deletes the warehouse rows whose key the source no longer holds (hard deletes). The
-    snapshots were read after extraction, so every key loaded now was in them unless it has
-    since been deleted. Returns rows deleted per table."""
-    with pipeline.sql_client() as client:
-        return {
-            snap.table: delete_missing(
-                client.native_connection, client.make_qualified_table_name(snap.table), snap
-            )
-            for snap in snapshots
-        }
-
-
 def _loaded_rows(pipeline: dlt.Pipeline) -> dict[str, int]:
     """Rows normalised per data table in this run (dlt's own tables left out)."""
     trace = pipeline.last_trace
@@ -302,16 +315,326 @@ def _bulk_reads(pipeline: dlt.Pipeline, source_name: str, tables: set[str]) -> l
     return reads
 
 
-def _stream_bulk_reads(pipeline: dlt.Pipeline, url: URL, plan: Path) -> None:
-    """Streams the planned rest of each table read whole, then forgets the plan. Call it
-    holding the warehouse lock, after the load that created the tables."""
+def _completed_loads(pipeline: dlt.Pipeline, load_ids: Collection[str]) -> set[str]:
+    """Which of ``load_ids`` the warehouse holds as completed loads of this pipeline."""
+    if not load_ids:
+        return set()
+    with pipeline.sql_client() as client:
+        loads = client.make_qualified_table_name("_dlt_loads")
+        if not client.has_dataset() or not client.execute_sql(
+            "select 1 from information_schema.tables where table_schema = %s "
+            "and table_name = '_dlt_loads'",
+            client.dataset_name,
+        ):
+            return set()
+        rows = client.execute_sql(
+            f"select load_id from {loads} where status = 0 and load_id in "
+            f"({', '.join(['%s'] * len(load_ids))})",
+            *load_ids,
+        )
+    return {row[0] for row in rows}
+
+
+def _finish_bulk_plan(pipeline: dlt.Pipeline, url: URL, plan: Path) -> None:
+    """Streams the planned rest of each table read whole whose load has completed, keeps the
+    reads whose load is still pending, and forgets those whose load will never complete (its
+    package was aborted or discarded: the table is read whole again). Call it holding the
+    warehouse lock."""
     reads = bulk.read_plan(plan)
-    if reads:
+    if not reads:
+        plan.unlink(missing_ok=True)
+        return
+    completed = _completed_loads(pipeline, {read.load_id for read in reads})
+    pending = set(pipeline.list_normalized_load_packages())
+    streams = [read for read in reads if read.load_id in completed]
+    if streams:
         with pipeline.sql_client() as client:
-            for read in reads:
+            for read in streams:
                 raw = client.make_qualified_table_name(read.table)
                 bulk.stream_rest(client.native_connection, raw, url, read)
-    plan.unlink(missing_ok=True)
+    waiting = [read for read in reads if read.load_id in pending and read.load_id not in completed]
+    if waiting:
+        bulk.write_plan(plan, waiting)
+    else:
+        plan.unlink(missing_ok=True)
+
+
+def _contracts(source: SourceName, dlt_source: DltSource, cursor_limit: datetime) -> list[Contract]:
+    """What each selected table's rows must satisfy: a key, a cursor not beyond
+    ``cursor_limit``, the declared column types, the accepted values."""
+    accepted = ACCEPTED_VALUES.get(source, {})
+    contracts = []
+    for name in dlt_source.resources.selected:
+        resource = dlt_source.resources[name]
+        columns = resource.compute_table_schema()["columns"]
+        contracts.append(
+            Contract(
+                table=name,
+                keys=[column for column, hints in columns.items() if hints.get("primary_key")],
+                cursor=guards.cursor_column(resource),
+                cursor_limit=cursor_limit,
+                columns=columns,
+                accepted_values=accepted.get(name, {}),
+            )
+        )
+    return contracts
+
+
+def _journal(settings: Settings, pipeline_name: str) -> Journal:
+    return Journal(settings.pipelines_dir / f"{pipeline_name}.quarantine")
+
+
+def _package_rows(package: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(table, row) for every data row an extracted package holds (dlt's own tables left out)."""
+    for path in sorted((package / "new_jobs").iterdir()):
+        table = path.name.split(".", 1)[0]
+        if table.startswith("_dlt"):
+            continue
+        if ".parquet" in path.name:
+            for row in pq.read_table(path).to_pylist():
+                yield table, row
+            continue
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt") as handle:
+            for line in handle:
+                if line.strip():
+                    items = dlt_json.typed_loads(line)
+                    for item in items if isinstance(items, list) else [items]:
+                        yield table, item
+
+
+def _set_aside(
+    pipeline: dlt.Pipeline, journal: Journal, settings: Settings, error: BaseException
+) -> list[str]:
+    """Moves every extracted package out of the pipeline (into ``<pipeline>.set-aside/``) and
+    quarantines its rows with the error: a package that cannot be normalised would otherwise
+    be normalised again, and fail again, on every run. Returns the load ids set aside."""
+    extracted = Path(pipeline.working_dir) / "normalize" / "extracted"
+    aside = settings.pipelines_dir / f"{pipeline.pipeline_name}.set-aside"
+    moved = []
+    for load_id in pipeline.list_extracted_load_packages():
+        package = extracted / load_id
+        reason = f"load package {load_id} could not be normalised: {type(error).__name__}: {error}"
+        keys = {table: _key_columns(pipeline, table) for table in pipeline.default_schema.tables}
+        journal.append(
+            [
+                Rejected(
+                    table,
+                    reason[:2000],
+                    row,
+                    {key: row.get(key) for key in keys.get(table, [])} or None,
+                )
+                for table, row in _package_rows(package)
+            ]
+        )
+        journal.seal(load_id)
+        aside.mkdir(parents=True, exist_ok=True)
+        shutil.move(package, aside / load_id)
+        moved.append(load_id)
+    return moved
+
+
+def _flush_journal(pipeline: dlt.Pipeline, source: str, journal: Journal) -> list[QuarantineCount]:
+    """Moves the journaled rows into ``quarantine.rows``; call it holding the warehouse lock."""
+    with pipeline.sql_client() as client:
+        return flush_quarantine(client.native_connection, source, journal)
+
+
+def _normalize(pipeline: dlt.Pipeline, source: str, journal: Journal, settings: Settings) -> None:
+    """``pipeline.normalize()``; a package it cannot normalise is set aside, its rows
+    quarantined, and the run fails saying so — the next run starts clean."""
+    try:
+        pipeline.normalize()
+    except PipelineStepFailed as exc:
+        cause = exc.exception
+        if isinstance(cause, OSError | MemoryError):
+            raise
+        moved = _set_aside(pipeline, journal, settings, cause)
+        with warehouse_lock(settings):
+            _flush_journal(pipeline, source, journal)
+        raise GuardError(
+            f"{pipeline.pipeline_name}: load package {', '.join(moved)} could not be "
+            f"normalised ({type(cause).__name__}: {cause}); it was set aside in "
+            f"{settings.pipelines_dir / (pipeline.pipeline_name + '.set-aside')} and its rows "
+            "quarantined (quarantine.rows). Fix the source or the contract, then replay them."
+        ) from exc
+
+
+def _quarantine_duplicates(
+    pipeline: dlt.Pipeline, journal: Journal, *, collapse_identical: bool
+) -> None:
+    """Quarantines every row of a key that occurs more than once in the pending packages, and
+    takes them out of the packages' files. ``collapse_identical``: copies that agree in every
+    column are one row sent twice (a repeated API page): dlt's merge keeps one, nothing is
+    quarantined."""
+    pending = pipeline.list_normalized_load_packages()
+    for table, paths in _pending_parquet(pipeline).items():
+        keys = _key_columns(pipeline, table)
+        if not keys:
+            continue
+        duplicated = guards.duplicate_keys(paths, keys, collapse_identical=collapse_identical)
+        if duplicated.num_rows == 0:
+            continue
+        removed = guards.remove_keys(paths, duplicated.select(keys))
+        counts = {tuple(row[key] for key in keys): row["copies"] for row in duplicated.to_pylist()}
+        journal.append(
+            [
+                Rejected(
+                    table,
+                    f"duplicate key: {counts[tuple(row[key] for key in keys)]} rows in one read "
+                    f"share this {', '.join(keys)}",
+                    {name: value for name, value in row.items() if not name.startswith("_dlt")},
+                    {key: row[key] for key in keys},
+                )
+                for row in removed
+            ]
+        )
+    journal.seal(pending[-1] if pending else None)
+
+
+def _counts_path(settings: Settings, pipeline: dlt.Pipeline) -> Path:
+    return settings.pipelines_dir / f"{pipeline.pipeline_name}.counts.json"
+
+
+def _load_counts(
+    settings: Settings, pipeline: dlt.Pipeline, tables: list[str], full_reads: set[str], fresh: bool
+) -> tuple[dict[str, int], dict[str, tuple[int, int, int]]]:
+    """(rows per table before, (new, updated, deleted) per table) for the pending packages,
+    read off them against the warehouse before anything of them loads, and kept in a file
+    until they have: a run that finishes a load an earlier one started reports what that
+    load changed, not what is left of it."""
+    path = _counts_path(settings, pipeline)
+    pending = list(pipeline.list_normalized_load_packages())
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved["load_ids"] == pending:
+            changes = {table: tuple(value) for table, value in saved["changes"].items()}
+            return saved["before"], changes  # type: ignore[return-value]
+    before = _count_rows(pipeline, tables)
+    changes = _changes(pipeline, [t for t in tables if t not in full_reads], refreshed=fresh)
+    path.write_text(json.dumps({"load_ids": pending, "before": before, "changes": changes}))
+    return before, changes
+
+
+def _guard_soft_deletes(
+    settings: Settings,
+    dataset: str,
+    before: dict[str, int],
+    changes: dict[str, tuple[int, int, int]],
+) -> list[str]:
+    """Messages for the tables whose flagged soft deletes are beyond the delete guard."""
+    return [
+        message
+        for table, (_, _, deleted) in changes.items()
+        if (message := guards.check_deletes(f"{dataset}.{table}", deleted, before[table], settings))
+    ]
+
+
+def _reconcile(
+    pipeline: dlt.Pipeline,
+    snapshots: Sequence[KeySnapshot],
+    settings: Settings,
+    confirmed: bool,
+) -> tuple[dict[str, int], list[str]]:
+    """Deletes the warehouse rows whose key the source no longer holds (hard deletes), unless
+    that is beyond the delete guard for any table: then nothing is deleted and the messages
+    say why. The snapshots were read after extraction, so every key loaded now was in them
+    unless it has since been deleted. Returns rows deleted per table, and the messages."""
+    with pipeline.sql_client() as client:
+        connection = client.native_connection
+        missing = {
+            snap.table: missing_keys(connection, client.make_qualified_table_name(snap.table), snap)
+            for snap in snapshots
+        }
+        totals = _count_rows(pipeline, list(missing))
+        stops = (
+            []
+            if confirmed
+            else [
+                message
+                for table, gone in missing.items()
+                if (
+                    message := guards.check_deletes(
+                        f"{pipeline.dataset_name}.{table}", gone.num_rows, totals[table], settings
+                    )
+                )
+            ]
+        )
+        if stops:
+            return {}, stops
+        return {
+            table: delete_missing(connection, client.make_qualified_table_name(table), gone)
+            for table, gone in missing.items()
+        }, []
+
+
+def _quarantine_problems(
+    dataset: str, counts: list[QuarantineCount], loaded: dict[str, int], settings: Settings
+) -> list[str]:
+    """Messages for the tables whose newly quarantined rows are beyond the quarantine guard."""
+    new: dict[str, int] = {}
+    for count in counts:
+        new[count.table] = new.get(count.table, 0) + count.new_rows
+    problems = []
+    for table, rows in sorted(new.items()):
+        read = loaded.get(table, 0) + rows
+        if rows > settings.quarantine_max_rows and rows > settings.quarantine_max_share * read:
+            problems.append(
+                f"{dataset}.{table}: {rows:,} of the {read:,} rows read were quarantined "
+                f"({rows / read:.0%}), more than TRIBUTARY_QUARANTINE_MAX_SHARE "
+                f"({settings.quarantine_max_share:.0%}) and TRIBUTARY_QUARANTINE_MAX_ROWS "
+                f"({settings.quarantine_max_rows}); the rest loaded. See why with: select "
+                f"reason, count(*) from quarantine.rows where table_name = '{table}' group by 1"
+            )
+    return problems
+
+
+def _stored_columns(pipeline: dlt.Pipeline) -> dict[str, dict[str, Any]]:
+    """The columns per table the pipeline's schema holds from earlier loads (none yet: {})."""
+    if not pipeline.default_schema_name:
+        return {}
+    return drift.stored_columns(pipeline.default_schema.tables)
+
+
+def _evolve(
+    pipeline: dlt.Pipeline,
+    dlt_source: DltSource,
+    settings: Settings,
+    changes: list[SchemaChange],
+    stored: dict[str, dict[str, Any]],
+) -> None:
+    """Lets a database table's changed columns load: a column the source no longer has
+    becomes nullable (its new rows hold NULL there; a NOT NULL column would fail every load),
+    in the pipeline's schema and the warehouse, and is marked gone there (reported once); a
+    new column is added nullable (the warehouse cannot add a NOT NULL column to a table that
+    holds rows), and a column that comes back is no longer marked gone."""
+    if not changes:
+        return
+    gone = [
+        (change.table, change.previous or change.column)
+        for change in changes
+        if change.change in ("removed", "renamed")
+    ]
+    back = [(change.table, change.column) for change in changes if change.change != "removed"]
+    relax = [(t, c) for t, c in gone if not stored[t][c].get("nullable", True)]
+    tables = pipeline.default_schema.tables
+    for table, column in gone:
+        tables[table]["columns"][column][drift.GONE] = True  # type: ignore[literal-required]
+        tables[table]["columns"][column]["nullable"] = True
+    for table, column in back:
+        tables[table]["columns"].get(column, {}).pop(drift.GONE, None)  # type: ignore[misc]
+    pipeline.schemas.save_schema(pipeline.default_schema)
+    if relax:
+        with warehouse_lock(settings), pipeline.sql_client() as client:
+            for table, column in relax:
+                client.execute_sql(
+                    f"alter table {client.make_qualified_table_name(table)} alter column "
+                    f"{client.escape_column_name(column)} drop not null"
+                )
+    for table, column in back:
+        dlt_source.resources[table].apply_hints(
+            columns={column: {"name": column, "nullable": True}}
+        )
 
 
 def run_source(
@@ -322,6 +645,7 @@ def run_source(
     refresh_tables: Sequence[str] = (),
     window: tuple[str, str] | None = None,
     reconcile_deletes: bool | None = None,
+    confirm_deletes: bool = False,
 ) -> SourceLoad:
     """Extract, normalise and load one source.
 
@@ -331,13 +655,26 @@ def run_source(
     ``reconcile_deletes`` (default ``TRIBUTARY_SHOP_RECONCILE_DELETES``) deletes the shop's
     hard-deleted rows after the load, at the cost of one key scan per table.
 
+    Nothing is trusted blindly: rows that break the source's contract (no key, a cursor in the
+    future, a wrong type, a value outside its set, a key sent twice) are quarantined instead of
+    loaded; a load that would delete more of a table than ``TRIBUTARY_DELETE_MAX_SHARE`` stops
+    before deleting unless ``confirm_deletes``; too many quarantined rows fail the source
+    after the rest has loaded. Each raises ``GuardError`` naming the table.
+
     Extraction runs outside the warehouse lock, so sources extract while another writes; the
     load holds it. Packages an interrupted earlier attempt left pending are loaded first and
     nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
     instead of repeating it.
     """
+    unknown = sorted(set(settings.schema_contract) - set(SOURCE_NAMES))
+    if unknown:
+        raise ConfigurationError(
+            f"TRIBUTARY_SCHEMA_CONTRACT: no source {', '.join(unknown)}; the sources are "
+            f"{', '.join(SOURCE_NAMES)}"
+        )
     # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
     bulk_tables: set[str] = set()
+    cursor_limit = datetime.now(UTC) + timedelta(seconds=settings.cursor_future_tolerance_seconds)
     shop_url = database_url(_shop_credentials(settings)) if source == "shop" else None
     if window is not None:
         if source not in WINDOWED_SOURCES:
@@ -346,7 +683,13 @@ def run_source(
             )
         dlt_source = WINDOWED_SOURCES[source](settings, window)
     elif source == "shop":
-        dlt_source = _shop_source(settings, bulk_tables)
+        dlt_source = shop(
+            credentials=_shop_credentials(settings),
+            lag_seconds=settings.shop_lag_seconds,
+            bulk_tables=bulk_tables,
+            cursor_limit=cursor_limit,
+            **({"tables": settings.shop_tables} if settings.shop_tables else {}),
+        )
     else:
         dlt_source = SOURCE_FACTORIES[source](settings)
     refresh: Literal["drop_sources", "drop_resources"] | None = None
@@ -361,23 +704,28 @@ def run_source(
             )
         dlt_source = dlt_source.with_resources(*refresh_tables)
         refresh = "drop_resources"
+    mirrored = source in MIRRORED_SOURCES
+    contract_mode = settings.schema_contract.get(source, "evolve")
+    schema_changes: list[SchemaChange] = []
     # One run of a pipeline at a time: its working folder is not shared between processes.
     pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
     with file_lock(pipeline_lock, f"{source} pipeline", settings.lock_timeout_seconds):
         pipeline = make_pipeline(source, settings)
+        journal = _journal(settings, pipeline.pipeline_name)
         plan = bulk.plan_path(settings.pipelines_dir, pipeline.pipeline_name)
         with warehouse_lock(settings):
             check_warehouse(settings)
             pipeline.sync_destination()
             resumed = pipeline.has_pending_data
-            if shop_url and not resumed:  # an earlier run died between its load and stream
-                _stream_bulk_reads(pipeline, shop_url, plan)
+            if shop_url:  # an earlier run died between its load and its stream
+                _finish_bulk_plan(pipeline, shop_url, plan)
         full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
-                pipeline.normalize()
+                _normalize(pipeline, source, journal, settings)
         else:
-            if source in MIRRORED_SOURCES:
+            _counts_path(settings, pipeline).unlink(missing_ok=True)
+            if mirrored:
                 full_reads = _full_reads(pipeline, dlt_source, refresh)
                 for table in full_reads:
                     # A whole table replaces the warehouse's copy: no merge staging to pay for.
@@ -396,10 +744,41 @@ def run_source(
                 and shop_url.get_backend_name() == "postgresql"
             ):
                 bulk_tables.update(_bulk_eligible(dlt_source, full_reads))
-            pipeline.extract(dlt_source, refresh=refresh)
-            pipeline.normalize()
+            stored = {} if refresh else _stored_columns(pipeline)
+            if mirrored:
+                for table in dlt_source.resources.selected:
+                    if table in stored:
+                        current = dlt_source.resources[table].compute_table_schema()["columns"]
+                        schema_changes += drift.reflected_changes(table, stored[table], current)
+                if schema_changes and contract_mode == "freeze":
+                    raise GuardError(
+                        drift.frozen_message(source, pipeline.dataset_name, schema_changes)
+                    )
+                _evolve(pipeline, dlt_source, settings, schema_changes, stored)
+            for contract in _contracts(source, dlt_source, cursor_limit):
+                guards.guard(dlt_source.resources[contract.table], contract, journal)
+            try:
+                # parquet for every table, dicts too: the guards and the counts read it
+                extracted = pipeline.extract(
+                    dlt_source, refresh=refresh, loader_file_format="parquet"
+                )
+            except BaseException:
+                journal.seal(None)  # whatever was rejected before the failure stays journaled
+                raise
+            journal.seal(extracted.loads_ids[-1] if extracted.loads_ids else None)
+            _normalize(pipeline, source, journal, settings)
+            if not mirrored and stored:
+                after = drift.stored_columns(pipeline.default_schema.tables, variants=True)
+                for table in sorted(stored.keys() & after.keys()):
+                    schema_changes += drift.normalized_changes(table, stored[table], after[table])
+                if schema_changes and contract_mode == "freeze":
+                    pipeline.abort_packages()  # the package and the cursor it moved
+                    raise GuardError(
+                        drift.frozen_message(source, pipeline.dataset_name, schema_changes)
+                    )
             if bulk_tables:
                 bulk.write_plan(plan, _bulk_reads(pipeline, dlt_source.name, bulk_tables))
+        _quarantine_duplicates(pipeline, journal, collapse_identical=not mirrored)
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
         # Keys are read after extraction: a key loaded now is in them unless deleted since.
         snapshots = (
@@ -416,16 +795,29 @@ def run_source(
         )
         fresh = bool(refresh) and not resumed
         with warehouse_lock(settings):
-            before = _count_rows(pipeline, tables)
-            changes = _changes(
-                pipeline, [table for table in tables if table not in full_reads], refreshed=fresh
+            before, changes = _load_counts(settings, pipeline, tables, full_reads, fresh)
+            stops = (
+                []
+                if confirm_deletes
+                else _guard_soft_deletes(settings, pipeline.dataset_name, before, changes)
             )
+            if stops:
+                # Forget the package and the cursor it moved: the next run reads the source
+                # again, and finds the rows back if their deletion was a mistake.
+                pipeline.abort_packages()
+                _counts_path(settings, pipeline).unlink(missing_ok=True)
+                raise GuardError(_stopped(stops))
             info: LoadInfo = pipeline.load()
+            _counts_path(settings, pipeline).unlink(missing_ok=True)
             if shop_url:
-                _stream_bulk_reads(pipeline, shop_url, plan)
+                _finish_bulk_plan(pipeline, shop_url, plan)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
-            removed = _reconcile(pipeline, snapshots)
+            quarantined = _flush_journal(pipeline, source, journal)
+            removed, stops = _reconcile(pipeline, snapshots, settings, confirm_deletes)
+    rejected: dict[str, int] = {}
+    for count in quarantined:
+        rejected[count.table] = rejected.get(count.table, 0) + count.rows
     table_loads = []
     for table in tables:
         if table in changes:
@@ -440,12 +832,23 @@ def run_source(
                 new=new,
                 updated=updated,
                 deleted=deleted + removed.get(table, 0),
+                quarantined=rejected.get(table, 0),
             )
         )
-    return SourceLoad(
+    result = SourceLoad(
         source=source,
         dataset=pipeline.dataset_name,
         load_ids=list(info.loads_ids),
         resumed=resumed,
         tables=table_loads,
+        quarantined=quarantined,
+        schema_changes=schema_changes,
     )
+    problems = stops + _quarantine_problems(pipeline.dataset_name, quarantined, loaded, settings)
+    if problems:
+        raise GuardError(_stopped(problems), load=result)
+    return result
+
+
+def _stopped(messages: Sequence[str]) -> str:
+    return "; ".join(messages)

@@ -39,8 +39,18 @@ create table if not exists ops.table_loads (
     loaded_at timestamptz not null,
     primary key (flow_run_id, dataset, table_name)
 );
--- warehouses made before deletes were counted
+-- warehouses made before deletes were counted, and before rows were quarantined
 alter table ops.table_loads add column if not exists rows_deleted bigint default 0;
+alter table ops.table_loads add column if not exists rows_quarantined bigint default 0;
+create table if not exists ops.schema_changes (
+    flow_run_id varchar not null,
+    dataset varchar not null,
+    table_name varchar not null,
+    column_name varchar not null,
+    change varchar not null,
+    detail varchar not null,
+    detected_at timestamptz not null
+);
 """
 
 
@@ -68,6 +78,24 @@ def record_run(
         warehouse.execute(DDL)
         warehouse.execute("begin")
         warehouse.execute("delete from ops.table_loads where flow_run_id = ?", [flow_run_id])
+        warehouse.execute("delete from ops.schema_changes where flow_run_id = ?", [flow_run_id])
+        changes = [
+            [
+                flow_run_id,
+                load.dataset,
+                change.table,
+                change.column,
+                change.change,
+                change.detail,
+                finished_at,
+            ]
+            for load in report.loads
+            for change in load.schema_changes
+        ]
+        if changes:
+            warehouse.executemany(
+                "insert into ops.schema_changes values (?, ?, ?, ?, ?, ?, ?)", changes
+            )
         warehouse.execute("delete from ops.pipeline_runs where flow_run_id = ?", [flow_run_id])
         warehouse.execute(
             "insert into ops.pipeline_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -95,6 +123,7 @@ def record_run(
                 table.new,
                 table.updated,
                 table.deleted,
+                table.quarantined,
                 finished_at,
             ]
             for load in report.loads
@@ -103,8 +132,8 @@ def record_run(
         if rows:
             warehouse.executemany(
                 "insert into ops.table_loads (flow_run_id, dataset, table_name, load_ids, "
-                "rows_loaded, rows_new, rows_updated, rows_deleted, loaded_at) "
-                "values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "rows_loaded, rows_new, rows_updated, rows_deleted, rows_quarantined, loaded_at) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         warehouse.execute("commit")

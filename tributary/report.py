@@ -44,15 +44,48 @@ class RunReport:
             "",
             "## Rows loaded",
             "",
-            "| dataset | table | loaded | new | updated | deleted |",
-            "|---|---|---:|---:|---:|---:|",
+            "| dataset | table | loaded | new | updated | deleted | quarantined |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for load in self.loads:
             for table in load.tables:
                 lines.append(
                     f"| {load.dataset} | {table.table} | {table.loaded} | {table.new} "
-                    f"| {table.updated} | {table.deleted} |"
+                    f"| {table.updated} | {table.deleted} | {table.quarantined} |"
                 )
+        quarantined = [(load, count) for load in self.loads for count in load.quarantined]
+        if quarantined:
+            lines += [
+                "",
+                "## Quarantined rows",
+                "",
+                "Kept out of raw (`quarantine.rows`): why, how many (first seen this run), "
+                "example keys.",
+                "",
+                "| dataset | table | reason | rows | new | keys |",
+                "|---|---|---|---:|---:|---|",
+            ]
+            lines += [
+                f"| {load.dataset} | {count.table} | {count.reason} | {count.rows} "
+                f"| {count.new_rows} | {' '.join(f'`{key}`' for key in count.example_keys)} |"
+                for load, count in quarantined
+            ]
+        changes = [(load, change) for load in self.loads for change in load.schema_changes]
+        if changes:
+            lines += [
+                "",
+                "## Schema changes",
+                "",
+                "Source columns that changed since the last load (reported once).",
+                "",
+                "| dataset | table | column | change | detail |",
+                "|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {load.dataset} | {change.table} | {change.column} | {change.change} "
+                f"| {change.detail} |"
+                for load, change in changes
+            ]
         if self.dbt is not None:
             lines += [
                 "",

@@ -103,6 +103,43 @@ class Settings(BaseSettings):
     published_keep: int = Field(
         default=5, ge=1, description="Published versions kept (the current one always is)."
     )
+    cursor_future_tolerance_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="A row whose cursor (updated_at, a date) lies further than this beyond now "
+        "is quarantined and never moves the cursor. Raise it by the offset if a source stores "
+        "local time ahead of UTC.",
+    )
+    quarantine_max_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="A table whose newly quarantined rows exceed this share of the rows read "
+        "(and TRIBUTARY_QUARANTINE_MAX_ROWS) fails the run after the rest has loaded.",
+    )
+    quarantine_max_rows: int = Field(
+        default=10, ge=0, description="Up to this many newly quarantined rows never fail a run."
+    )
+    delete_max_share: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="A run that would delete more than this share of a table's rows (and more "
+        "than TRIBUTARY_DELETE_MIN_ROWS, or all of them) stops before deleting until it is run "
+        "with confirm_deletes.",
+    )
+    schema_contract: dict[str, Literal["evolve", "freeze"]] = Field(
+        default_factory=dict,
+        description="Per source, what a change of its columns does (JSON object in env, e.g. "
+        '{"shop": "freeze"}): evolve (default) loads and reports it, freeze loads nothing '
+        "of that run and fails naming the columns.",
+    )
+    delete_min_rows: int = Field(
+        default=10,
+        ge=0,
+        description="Deleting up to this many rows of a table never needs a confirmation "
+        "(unless they are all its rows).",
+    )
 
     @model_validator(mode="after")
     def _email_needs_recipients(self) -> Settings:

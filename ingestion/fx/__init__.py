@@ -26,7 +26,11 @@ def fx(
                 "name": "exchange_rates",
                 "primary_key": ["date", "quote"],
                 "write_disposition": "merge",
-                "columns": {"date": {"data_type": "date"}, "rate": {"data_type": "double"}},
+                "columns": {
+                    "date": {"data_type": "date", "nullable": False},
+                    "quote": {"data_type": "text", "nullable": False},
+                    "rate": {"data_type": "double", "nullable": False},
+                },
                 "endpoint": {
                     "path": "exchange-rates",
                     "data_selector": "data",

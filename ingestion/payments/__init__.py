@@ -28,12 +28,16 @@ def payments(
                 "name": "payments",
                 "primary_key": "payment_id",
                 "write_disposition": "merge",
+                # The contract: a payment with a field missing or of the wrong type is
+                # quarantined (see ingestion/guards.py), never loaded as a variant column.
                 "columns": {
-                    "order_id": {"data_type": "bigint"},
-                    "amount": {"data_type": "bigint"},
-                    "amount_refunded": {"data_type": "bigint"},
-                    "created_at": {"data_type": "timestamp"},
-                    "updated_at": {"data_type": "timestamp"},
+                    "order_id": {"data_type": "bigint", "nullable": False},
+                    "currency": {"data_type": "text", "nullable": False},
+                    "status": {"data_type": "text", "nullable": False},
+                    "amount": {"data_type": "bigint", "nullable": False},
+                    "amount_refunded": {"data_type": "bigint", "nullable": False},
+                    "created_at": {"data_type": "timestamp", "nullable": False},
+                    "updated_at": {"data_type": "timestamp", "nullable": False},
                 },
                 "endpoint": {
                     "path": "payments",

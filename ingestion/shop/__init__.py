@@ -1,6 +1,7 @@
 """The shop's operational database: customers, stores, products, orders and order items."""
 
 from collections.abc import Callable, Collection, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import dlt
@@ -40,10 +41,13 @@ def backend_for(url: URL) -> str:
     return adbc.BACKEND if url.get_backend_name() == "postgresql" else "pyarrow"
 
 
-def _whole_table_reads(bulk_tables: Collection[str]) -> Callable[..., Select]:
+def _whole_table_reads(
+    bulk_tables: Collection[str], cursor_limit: datetime | None
+) -> Callable[..., Select]:
     """dlt's query adapter: a whole-table read (no cursor yet) leaves soft-deleted rows out —
     later reads need them, so that the warehouse deletes its copies — and for a table in
-    ``bulk_tables`` keeps only its newest rows (the rest streams after the load: ``bulk``)."""
+    ``bulk_tables`` keeps only its newest rows (the rest streams after the load: ``bulk``),
+    newest as of ``cursor_limit``: rows stamped beyond it are read too, to be quarantined."""
 
     def adapt(
         query: Select, table: Table, incremental: Incremental | None = None, engine: Any = None
@@ -53,7 +57,7 @@ def _whole_table_reads(bulk_tables: Collection[str]) -> Callable[..., Select]:
         if DELETED_COLUMN in table.c:
             query = query.where(table.c[DELETED_COLUMN].is_(None))
         if table.name in bulk_tables:
-            query = newest_rows(query, table)
+            query = newest_rows(query, table, cursor_limit)
         return query
 
     return adapt
@@ -66,6 +70,7 @@ def shop(
     chunk_size: int = CHUNK_SIZE,
     lag_seconds: float = LAG_SECONDS,
     bulk_tables: Collection[str] = (),
+    cursor_limit: datetime | None = None,
 ) -> Iterable[DltResource]:
     """Every listed table, read as arrow batches (tables in parallel), incremental on
     ``updated_at`` and merged on the table's primary key, so a re-run adds nothing and a changed
@@ -78,7 +83,12 @@ def shop(
     hard one); rows deleted outright are found by key reconciliation after the load.
 
     ``bulk_tables`` (PostgreSQL; read when the tables are extracted, so the caller may fill it
-    after creating the source): tables read whole of which dlt reads only the newest rows.
+    after creating the source): tables read whole of which dlt reads only the newest rows
+    (as of ``cursor_limit``, beyond which a cursor value is not trusted).
+
+    A table without a primary key has nothing to merge on: it is read whole and replaces its
+    warehouse copy on every run (merging it would append the rows re-read in the lag window
+    again and again).
     """
     url = database_url(credentials)
     # No pool: a connection closes after each use, so none outlives a failed run.
@@ -90,7 +100,7 @@ def shop(
             f"the shop database {url.render_as_string(hide_password=True)}"
         )
     database = sql_database(
-        query_adapter_callback=_whole_table_reads(bulk_tables),
+        query_adapter_callback=_whole_table_reads(bulk_tables, cursor_limit),
         credentials=engine,
         table_names=list(tables),
         backend=backend_for(url),
@@ -99,10 +109,17 @@ def shop(
         detect_precision_hints=None,  # the default False only triggers dlt's deprecation warning
     )
     for resource in database.resources.values():
-        columns = resource.columns if isinstance(resource.columns, dict) else {}
+        columns = resource.compute_table_schema()["columns"]
+        if not any(column.get("primary_key") for column in columns.values()):
+            resource.apply_hints(write_disposition="replace")
+            yield resource
+            continue
         resource.apply_hints(
             write_disposition="merge",
-            incremental=dlt.sources.incremental(CURSOR_COLUMN, lag=lag_seconds or None),
+            # A row without a cursor value is read with the whole table; no later read sees it.
+            incremental=dlt.sources.incremental(
+                CURSOR_COLUMN, lag=lag_seconds or None, on_cursor_value_missing="include"
+            ),
             columns={DELETED_COLUMN: {"hard_delete": True}} if DELETED_COLUMN in columns else None,
         )
         yield resource

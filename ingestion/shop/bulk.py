@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +31,24 @@ from ingestion.shop import adbc
 from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
 
 
-def newest_rows(query: Select, table: Table) -> Select:
-    """The whole-table query narrowed to its rows at the highest ``updated_at`` (of the rows
-    the query keeps)."""
+def newest_rows(query: Select, table: Table, limit: datetime | None = None) -> Select:
+    """The whole-table query narrowed to its rows at the highest ``updated_at`` not beyond
+    ``limit`` (of the rows the query keeps), and to those beyond it (which the row guard
+    quarantines, so that they never set the cursor)."""
     cursor = table.c[CURSOR_COLUMN]
     highest = select(func.max(cursor)).select_from(table)
     if query.whereclause is not None:
         highest = highest.where(query.whereclause)
-    return query.where(cursor == highest.scalar_subquery())
+    try:
+        moments = issubclass(cursor.type.python_type, datetime)
+    except NotImplementedError:
+        moments = False
+    if limit is None or not moments:  # only a point in time can lie in the future
+        return query.where(cursor == highest.scalar_subquery())
+    if not getattr(cursor.type, "timezone", False):
+        limit = limit.astimezone(UTC).replace(tzinfo=None)  # naive columns hold UTC
+    highest = highest.where(cursor <= limit)
+    return query.where(or_(cursor == highest.scalar_subquery(), cursor > limit))
 
 
 @dataclass(frozen=True)

@@ -79,9 +79,9 @@ def snapshot(url: URL, table: str, key_columns: Sequence[str], integer_key: bool
     return KeySnapshot(url, table, list(key_columns), keys=keys)
 
 
-def delete_missing(connection: Any, raw_table: str, snap: KeySnapshot) -> int:
-    """Deletes from ``raw_table`` (on a DuckDB connection) the rows whose key the snapshot
-    does not hold. Returns the rows deleted."""
+def missing_keys(connection: Any, raw_table: str, snap: KeySnapshot) -> pa.Table:
+    """The rows of ``raw_table`` (on a DuckDB connection) whose key the snapshot does not
+    hold, as their ``rowid``s: what reconciliation would delete."""
     key_list = ", ".join(snap.key_columns)
     where, keys = "", snap.keys
     if snap.buckets is not None:
@@ -99,7 +99,7 @@ def delete_missing(connection: Any, raw_table: str, snap: KeySnapshot) -> int:
         finally:
             connection.unregister("tributary_source_buckets")
         if not differing:
-            return 0
+            return pa.table({"rowid": pa.array([], pa.int64())})
         buckets = [int(bucket) for (bucket,) in differing]
         preparer = _quoted(snap.url)
         quoted, name = preparer.quote(key), preparer.quote(snap.table)
@@ -115,10 +115,23 @@ def delete_missing(connection: Any, raw_table: str, snap: KeySnapshot) -> int:
             keys = _read(snap.url, f"select {quoted} from {name}")
     connection.register("tributary_source_keys", keys)
     try:
-        [(count,)] = connection.execute(
-            f"delete from {raw_table} where rowid in (select r.rowid from {raw_table} r "
-            f"anti join tributary_source_keys using ({key_list}) where true {where})"
-        ).fetchall()
+        return connection.execute(
+            f"select r.rowid as rowid from {raw_table} r "
+            f"anti join tributary_source_keys using ({key_list}) where true {where}"
+        ).fetch_arrow_table()
     finally:
         connection.unregister("tributary_source_keys")
+
+
+def delete_missing(connection: Any, raw_table: str, gone: pa.Table) -> int:
+    """Deletes the rows ``missing_keys`` found. Returns the rows deleted."""
+    if gone.num_rows == 0:
+        return 0
+    connection.register("tributary_gone_rows", gone)
+    try:
+        [(count,)] = connection.execute(
+            f"delete from {raw_table} where rowid in (select rowid from tributary_gone_rows)"
+        ).fetchall()
+    finally:
+        connection.unregister("tributary_gone_rows")
     return int(count)

@@ -227,3 +227,33 @@ def test_a_whole_table_read_that_dies_before_its_stream_is_finished_by_the_next_
         assert not plan.exists()
         _assert_raw_equals_source(settings, shop_url)
         assert change.new_order_ids
+
+
+def test_a_first_load_that_dies_after_planning_its_stream_recovers_by_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first load dies right after the stream's plan is written (an exception stands in
+    for the kill, at exactly that point): the warehouse has no dataset yet, so the next run's
+    sync with it discards the pending package, and the plan must go with it — once it was
+    kept, and every later run failed on a raw table that did not exist."""
+    with throwaway_database("postgresql") as shop_url:
+        settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+        generate(shop_url, settings.demo_api_db, orders=200, seed=53)
+        write_plan = bulk.write_plan
+
+        def killed(*args: Any, **kwargs: Any) -> None:
+            write_plan(*args, **kwargs)
+            raise SystemExit("killed just after the plan was written")
+
+        monkeypatch.setattr(bulk, "write_plan", killed)
+        with pytest.raises(SystemExit):
+            run_source("shop", settings)
+        monkeypatch.undo()
+        plan = bulk.plan_path(settings.pipelines_dir, "tributary_shop")
+        assert plan.exists()
+
+        run_source("shop", settings)
+        assert not plan.exists()
+        _assert_raw_equals_source(settings, shop_url)
+        run_source("shop", settings)
+        _assert_raw_equals_source(settings, shop_url)

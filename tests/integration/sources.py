@@ -1,9 +1,10 @@
-"""What the marts must hold, computed straight from the sources: the shop database read with
-sqlite3 and the payments/rates read over HTTP — never by re-running the dbt models."""
+"""What the marts must hold, computed straight from the sources: the shop database read through
+SQLAlchemy (SQLite, PostgreSQL or MariaDB) and the payments/rates read over HTTP — never by
+re-running the dbt models."""
 
 from __future__ import annotations
 
-import sqlite3
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, text
 
 CENT = Decimal("0.01")
 
@@ -20,8 +22,27 @@ def _dollars(cents: int) -> Decimal:
     return (Decimal(cents) / 100).quantize(CENT)
 
 
-def _timestamp(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).replace(tzinfo=None)
+def _timestamp(value: str | datetime) -> datetime:
+    """A UTC timestamp as the marts hold it (naive) from ISO text (SQLite, the API) or from a
+    driver's datetime (PostgreSQL, MariaDB)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return value.replace(tzinfo=None)
+
+
+def shop_url(shop: str | Path) -> str:
+    """A SQLAlchemy URL for the shop: given as one, or as the path of its SQLite file."""
+    return f"sqlite:///{Path(shop).resolve()}" if isinstance(shop, Path) else shop
+
+
+def read_shop(shop: str | Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one query on the shop database, whichever database it lives in."""
+    engine = create_engine(shop_url(shop))
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql))]
+    finally:
+        engine.dispose()
 
 
 def fetch_payments(api_url: str, token: str) -> list[dict[str, Any]]:
@@ -55,6 +76,25 @@ def fetch_rates(api_url: str) -> dict[tuple[date, str], float]:
             page_number += 1
 
 
+class RateBook:
+    """Daily rates looked up as a payment converts: the latest rate of its currency dated on or
+    before the payment's day, since rate feeds skip weekends and holidays."""
+
+    def __init__(self, rates: dict[tuple[date, str], float]) -> None:
+        self.rates = rates
+        self.dates: dict[str, list[date]] = defaultdict(list)
+        for day, quote in sorted(rates):
+            self.dates[quote].append(day)
+
+    def on_or_before(self, day: date, currency: str) -> tuple[date, float]:
+        """(rate date, units of ``currency`` per USD); raises when no rate is that old."""
+        dates = self.dates.get(currency, [])
+        position = bisect_right(dates, day)
+        if position == 0:
+            raise LookupError(f"no {currency} rate on or before {day}")
+        return dates[position - 1], self.rates[(dates[position - 1], currency)]
+
+
 @dataclass(frozen=True)
 class ExpectedMarts:
     fct_orders: dict[int, dict[str, Any]]
@@ -62,30 +102,35 @@ class ExpectedMarts:
     fct_daily_revenue: dict[tuple[date, int], dict[str, Any]]
 
 
-def expected_marts(shop_db: Path, api_url: str, token: str) -> ExpectedMarts:
-    with sqlite3.connect(shop_db) as connection:
-        orders = connection.execute(
-            "select order_id, customer_id, store_id, ordered_at, status, subtotal_cents,"
-            " tax_cents, total_cents from orders"
-        ).fetchall()
-        items = dict(
-            connection.execute(
-                "select order_id, sum(quantity) from order_items group by order_id"
-            ).fetchall()
+def expected_marts(shop: str | Path, api_url: str, token: str) -> ExpectedMarts:
+    """The marts for the shop (a SQLAlchemy URL, or a SQLite file's path) and the API."""
+    orders = read_shop(
+        shop,
+        "select order_id, customer_id, store_id, ordered_at, status, subtotal_cents,"
+        " tax_cents, total_cents from orders",
+    )
+    # MariaDB sums to a decimal
+    items = {
+        order_id: int(quantity)
+        for order_id, quantity in read_shop(
+            shop, "select order_id, sum(quantity) from order_items group by order_id"
         )
-        # A soft-deleted customer is gone from the shop as far as the marts are concerned.
-        customers = connection.execute(
-            "select customer_id, name from customers where deleted_at is null"
-        ).fetchall()
+    }
+    # A soft-deleted customer is gone from the shop as far as the marts are concerned.
+    customers = read_shop(shop, "select customer_id, name from customers where deleted_at is null")
 
-    rates = fetch_rates(api_url)
+    rates = RateBook(fetch_rates(api_url))
     paid_usd: dict[int, float] = defaultdict(float)
     for payment in fetch_payments(api_url, token):
         net = (payment["amount"] if payment["status"] == "succeeded" else 0) - payment[
             "amount_refunded"
         ]
         paid_on = _timestamp(payment["created_at"]).date()
-        rate = 1.0 if payment["currency"] == "USD" else rates[(paid_on, payment["currency"])]
+        rate = (
+            1.0
+            if payment["currency"] == "USD"
+            else rates.on_or_before(paid_on, payment["currency"])[1]
+        )
         paid_usd[payment["order_id"]] += net / 100 / rate
 
     fct_orders: dict[int, dict[str, Any]] = {}

@@ -1,7 +1,9 @@
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from ingestion.drift import SchemaChange
 from ingestion.pipeline import SourceLoad, TableLoad
+from ingestion.quarantine import QuarantineCount
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.publish import NotPublished, Publication, PublishedTable
 from tributary.report import Freshness, RunReport
@@ -83,4 +85,53 @@ def test_report_says_what_readers_get_or_keep() -> None:
     assert (
         "Nothing: not published: 1 failed, 4 skipped; readers keep the set published at "
         "2026-11-26 12:00:00 UTC by run run-1" in markdown
+    )
+
+
+def test_report_names_the_quarantined_rows() -> None:
+    report = RunReport(
+        warehouse=Path("/w.duckdb"),
+        loads=[
+            SourceLoad(
+                source="shop",
+                dataset="raw_shop",
+                load_ids=["1"],
+                tables=[TableLoad("orders", loaded=5, new=1, updated=4, quarantined=1)],
+                quarantined=[
+                    QuarantineCount(
+                        table="orders",
+                        reason="cursor updated_at 2099-01-01 00:00:00 is beyond now",
+                        rows=1,
+                        new_rows=1,
+                        example_keys=('{"order_id":7}',),
+                    )
+                ],
+            )
+        ],
+    )
+    markdown = report.to_markdown()
+    assert "| raw_shop | orders | 5 | 1 | 4 | 0 | 1 |" in markdown
+    assert (
+        "| raw_shop | orders | cursor updated_at 2099-01-01 00:00:00 is beyond now | 1 | 1 "
+        '| `{"order_id":7}` |'
+    ) in markdown
+
+
+def test_report_lists_schema_changes() -> None:
+    report = RunReport(
+        warehouse=Path("/w.duckdb"),
+        loads=[
+            SourceLoad(
+                source="shop",
+                dataset="raw_shop",
+                load_ids=["1"],
+                schema_changes=[
+                    SchemaChange("orders", "order_status", "renamed", "was status, both text")
+                ],
+            )
+        ],
+    )
+    assert (
+        "| raw_shop | orders | order_status | renamed | was status, both text |"
+        in report.to_markdown()
     )

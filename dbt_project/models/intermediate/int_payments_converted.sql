@@ -32,11 +32,16 @@ payments_valued as (
 
 ),
 
-{# The rate of the day the payment was made (UTC); USD has no row: rate 1. #}
+{# The latest rate on or before the day the payment was made (UTC): rate
+   feeds skip weekends and holidays and publish late, so that day may have
+   none. ASOF picks, per currency, the greatest rate_date <= paid_date; a
+   payment older than every rate of its currency gets none (null, an error
+   for the not_null test). USD has no row: rate 1. #}
 payments_joined_to_rates as (
 
     select
         payments_valued.*,
+        exchange_rates.rate_date,
         case
             when payments_valued.currency = 'USD' then 1.0
             else exchange_rates.units_per_usd
@@ -44,10 +49,10 @@ payments_joined_to_rates as (
 
     from payments_valued
 
-    left join exchange_rates
+    asof left join exchange_rates
         on
-            payments_valued.paid_date = exchange_rates.rate_date
-            and payments_valued.currency = exchange_rates.quote_currency
+            payments_valued.currency = exchange_rates.quote_currency
+            and payments_valued.paid_date >= exchange_rates.rate_date
 
 ),
 
@@ -55,6 +60,7 @@ final as (
 
     select
         *,
+        paid_date - rate_date as rate_age_days,
         net_amount / units_per_usd as net_amount_usd
 
     from payments_joined_to_rates

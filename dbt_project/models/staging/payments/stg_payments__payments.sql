@@ -12,7 +12,7 @@ renamed as (
 
         ---------- ids
         payment_id,
-        order_id,
+        cast(order_id as bigint) as order_id,
 
         ---------- text
         method as payment_method,

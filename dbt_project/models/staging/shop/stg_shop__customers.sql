@@ -11,7 +11,7 @@ renamed as (
     select
 
         ---------- ids
-        customer_id,
+        cast(customer_id as bigint) as customer_id,
 
         ---------- text
         name as customer_name,

@@ -11,12 +11,12 @@ renamed as (
     select
 
         ---------- ids
-        order_item_id,
-        order_id,
-        product_id,
+        cast(order_item_id as bigint) as order_item_id,
+        cast(order_id as bigint) as order_id,
+        cast(product_id as bigint) as product_id,
 
         ---------- numerics
-        quantity,
+        cast(quantity as bigint) as quantity,
         {{ cents_to_dollars('unit_price_cents') }} as unit_price,
 
         ---------- timestamps

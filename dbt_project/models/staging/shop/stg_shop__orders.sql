@@ -11,9 +11,9 @@ renamed as (
     select
 
         ---------- ids
-        order_id,
-        customer_id,
-        store_id,
+        cast(order_id as bigint) as order_id,
+        cast(customer_id as bigint) as customer_id,
+        cast(store_id as bigint) as store_id,
 
         ---------- text
         status,

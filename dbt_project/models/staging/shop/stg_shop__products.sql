@@ -11,7 +11,7 @@ renamed as (
     select
 
         ---------- ids
-        product_id,
+        cast(product_id as bigint) as product_id,
 
         ---------- text
         sku,

@@ -11,7 +11,7 @@ renamed as (
     select
 
         ---------- ids
-        store_id,
+        cast(store_id as bigint) as store_id,
 
         ---------- text
         name as store_name,
