@@ -231,23 +231,23 @@ def publish_restore(
 
 @publish_app.command("list")
 def publish_list() -> None:
-    """The kept published versions, the current one marked."""
+    """The kept published versions, oldest first; `*` marks the one readers get."""
     from tributary.publish import read_publication, versions
-    from tributary.settings import get_settings
+    from tributary.settings import MART_SCHEMAS, get_settings
 
     settings = get_settings()
     link = settings.published
     serving = link.resolve() if link.is_symlink() else None
-    table = Table(title=f"Published versions ({link})")
-    for column in ("", "version", "published at (UTC)", "run", "tables"):
-        table.add_column(column)
+    typer.echo(f"Versions behind {link}:")
     for path in versions(settings):
         publication = read_publication(path, link)
-        table.add_row(
-            "current" if path == serving else "",
-            publication.version,
-            f"{publication.published_at:%Y-%m-%d %H:%M:%S}",
-            publication.flow_run_id or "",
-            ", ".join(f"{t.relation} {t.rows:,}" for t in publication.tables),
+        marts = ", ".join(
+            f"{t.relation} {t.rows:,}"
+            for t in publication.tables
+            if t.relation.split(".", 1)[0] in MART_SCHEMAS
         )
-    console.print(table)
+        typer.echo(
+            f"{'*' if path == serving else ' '} {publication.version}  "
+            f"{publication.published_at:%Y-%m-%d %H:%M:%S} UTC  "
+            f"run {publication.flow_run_id or 'none'}  {marts}"
+        )
