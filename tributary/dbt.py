@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
+from prefect_dbt.core.runner import FAILURE_MSG, FAILURE_STATUSES
 
 from tributary.lock import warehouse_lock
 from tributary.settings import DBT_PROJECT_DIR, Settings
@@ -99,18 +100,27 @@ def release_duckdb() -> None:
 class DbtFailed(ValueError):
     """dbt ran and some nodes failed; ``summary`` holds every node's status."""
 
-    def __init__(self, summary: DbtSummary) -> None:
-        failures = [
-            f"{node.resource_type.title()} {node.unique_id.split('.', 2)[-1]} {node.status}ed "
-            f'with message: "{node.message}"'
-            for node in summary.nodes
-            if node.status in {"error", "fail", "runtime error"}
-        ]
-        super().__init__(
-            f"Failures detected during invocation of dbt command '{summary.command}':\n"
-            + "\n".join(failures)
-        )
+    def __init__(self, message: str, summary: DbtSummary) -> None:
+        super().__init__(message)
         self.summary = summary
+
+
+def _failure_message(command: list[str], result: Any) -> str:
+    """prefect-dbt's own wording (as with ``raise_on_failure``), which alerts quote."""
+    failures = [
+        FAILURE_MSG.format(
+            resource_type=run.node.resource_type.title(),
+            resource_name=run.node.name,
+            status=run.status,
+            message=run.message,
+        )
+        for run in result.results
+        if run.status in FAILURE_STATUSES
+    ]
+    return (
+        f"Failures detected during invocation of dbt command '{' '.join(command)}':\n"
+        + os.linesep.join(failures)
+    )
 
 
 def _summarise(command: list[str], result: Any) -> DbtSummary:
@@ -174,7 +184,7 @@ def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
             _join_node_task_threads(before)
     summary = _summarise(args, result.result)
     if not result.success:
-        raise DbtFailed(summary)
+        raise DbtFailed(_failure_message(args, result.result), summary)
     return summary
 
 
