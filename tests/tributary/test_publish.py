@@ -80,6 +80,8 @@ def _fill(settings: Settings, orders: int) -> None:
             create table if not exists ops.pipeline_runs (flow_run_id varchar primary key,
                 status varchar not null);
             insert or replace into ops.pipeline_runs values ('run-{orders}', 'completed');
+            create schema if not exists quarantine;
+            create table if not exists quarantine.rows (source varchar, reason varchar);
             """
         )
 
@@ -123,10 +125,11 @@ def test_a_passing_build_publishes_a_whole_new_file_behind_the_readers_link(
         ("marts.dim_customers", 3, "built by this build"),
         ("marts.fct_daily_revenue", 1, "built by this build"),
         ("ops.pipeline_runs", 1, "history"),
+        ("quarantine.rows", 0, "history"),
     }
     # staging and raw stay in the working warehouse
     schemas = {row[0] for row in _query(link, "select schema_name from duckdb_tables()")}
-    assert schemas == {"marts", "ops", "tributary"}
+    assert schemas == {"marts", "ops", "quarantine", "tributary"}
     [record] = _query(
         link, "select version, flow_run_id, dbt_invocation_id from tributary.publication"
     )
@@ -211,6 +214,7 @@ def test_a_selective_build_carries_the_other_marts_over_from_the_published_set(
         "marts.fct_orders": f"carried over from {first.version}",
         "marts.dim_customers": f"carried over from {first.version}",
         "ops.pipeline_runs": "history",
+        "quarantine.rows": "history",
     }
     for table in ("marts.fct_orders", "marts.dim_customers"):
         sql = f"select * from {table} order by all"
@@ -367,7 +371,7 @@ def test_warehouse_restore_rebuilds_from_the_published_set_and_forgets_dlt_state
     check_warehouse(settings)
     assert _query(settings.warehouse, AGREEMENT) == [(30, 30, 30)]
     schemas = {r[0] for r in _query(settings.warehouse, "select schema_name from duckdb_tables()")}
-    assert schemas == {"marts", "ops"}  # the publication's own record stays behind
+    assert schemas == {"marts", "ops", "quarantine"}  # the publication's record stays behind
     with duckdb.connect(str(settings.warehouse)) as warehouse:  # writable again
         warehouse.execute("insert into ops.pipeline_runs values ('run-2', 'completed')")
     # a readable warehouse is replaced only on purpose
