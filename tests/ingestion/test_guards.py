@@ -450,3 +450,38 @@ def test_counts_after_a_resumed_load_are_exact(sample: Settings, tmp_path: Path)
     assert resumed.resumed
     assert {t.table: (t.new, t.updated, t.deleted) for t in resumed.tables} == expected
     assert _counts(sample) == _counts(twin)
+
+
+def test_a_load_the_warehouse_refuses_never_wedges_the_pipeline(sample: Settings) -> None:
+    """A load job that fails terminally (here a CHECK constraint the raw table was given, as
+    any row the warehouse refuses) once left its package pending, retried and failing on
+    every run even after the source was fixed. Now the package is aborted and its cursors
+    restored: each run reads the source again, and loads once the cause is gone."""
+    with duckdb.connect(str(sample.warehouse)) as warehouse:
+        columns = warehouse.sql("describe raw_shop.orders").fetchall()
+        definition = ", ".join(f'"{name}" {kind}' for name, kind, *_ in columns)
+        warehouse.execute(
+            "alter table raw_shop.orders rename to orders_before;"
+            f"create table raw_shop.orders ({definition}, check (status <> 'returned'));"
+            "insert into raw_shop.orders select * from raw_shop.orders_before "
+            "where status <> 'returned'; drop table raw_shop.orders_before;"
+        )
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"  # after the cursor: read next run
+    _shop(
+        sample, f"update orders set status = 'returned', updated_at = '{stamp}' where order_id = 1;"
+    )
+    cursor = _cursor(sample, "orders")
+    for _ in range(2):
+        with pytest.raises(Exception, match="CHECK constraint failed"):
+            run_source("shop", sample)
+        assert not make_pipeline("shop", sample).has_pending_data
+        assert _cursor(sample, "orders") == cursor
+
+    _shop(
+        sample,
+        f"update orders set status = 'completed', updated_at = '{LATER}' where order_id = 1;",
+    )
+    run_source("shop", sample)
+    assert _query(sample, "select status from raw_shop.orders where order_id = 1") == [
+        ("completed",)
+    ]
