@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from flows.hooks import notify_failure
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.report import RunReport
+from tributary.runs import begin_run, guard_local_server
 from tributary.settings import get_settings
 
 
@@ -36,10 +37,15 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     """`dbt build` against the warehouse, holding the warehouse lock; reports every node."""
     params = params or DbtBuildParameters()
     settings = get_settings()
+    journal = begin_run(settings, "dbt")
     # A retry of this flow run resumes from the failed nodes (`dbt retry`).
-    summary = run_dbt_resumable(
-        params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
-    )
+    try:
+        summary = run_dbt_resumable(
+            params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
+        )
+    except Exception as exc:
+        journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse))
+        raise
     get_run_logger().info(
         "dbt %s: %d models built, %d tests passed",
         summary.command,
@@ -47,6 +53,7 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
         summary.tests_passed,
     )
     report = RunReport(warehouse=settings.warehouse, dbt=summary)
+    journal.finish("completed", None, report)
     create_markdown_artifact(
         key="dbt-build-report", markdown=report.to_markdown(), description="tributary dbt build"
     )
@@ -54,4 +61,5 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
 
 
 if __name__ == "__main__":
+    guard_local_server()
     build()
