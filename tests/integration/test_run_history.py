@@ -138,7 +138,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iter
 @dataclass(frozen=True)
 class Killed:
     pid: int
-    journal: list[Path]  # the run journal's files at the kill
+    journal: list[dict[str, Any]]  # the run journal's entries just after the kill
     left: list[Process]  # the run's other processes just before the kill
     survivors: list[Process]  # those still running 15 s after it
     killed_at: datetime
@@ -168,9 +168,9 @@ def killed(shop: Shop) -> Iterator[Killed]:
             assert time.monotonic() < deadline, "the run never started loading"
             time.sleep(0.2)
         left = [p for p in _processes().values() if p.pgrp == run.pid and p.pid != run.pid]
-        journal = shop.journal()
         run.send_signal(signal.SIGKILL)
         run.wait()
+        journal = [json.loads(path.read_text()) for path in shop.journal()]
         killed_at = datetime.now(UTC)
         deadline = time.monotonic() + 15
         while _living(left) and time.monotonic() < deadline:
@@ -200,8 +200,7 @@ def test_a_killed_run_leaves_no_process_behind(killed: Killed) -> None:
 def test_the_next_run_records_the_killed_one_as_crashed(
     shop: Shop, killed: Killed, recovery: RunReport
 ) -> None:
-    [journal] = killed.journal  # the killed run's, while it ran
-    entry = json.loads(journal.read_text())
+    [entry] = killed.journal
     assert (entry["status"], entry["pid"]) == ("running", killed.pid)
     rows = shop.query(
         "select flow_run_id, flow_name, status, error, started_at, finished_at "
