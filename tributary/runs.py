@@ -251,8 +251,8 @@ def _crashed(
             return current
         last_seen = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         error = (
-            f"crashed: process {current.pid} ended without finishing the run (killed, or its "
-            f"machine stopped); last seen {last_seen:%Y-%m-%d %H:%M:%S} UTC; "
+            f"process {current.pid} ended without finishing the run (killed, or its machine "
+            f"stopped); last seen {last_seen:%Y-%m-%d %H:%M:%S} UTC; "
             f"found by flow run {found_by}"
         )
         row = RunRow(
