@@ -9,7 +9,7 @@ writes its history to the warehouse and removes its file; when the warehouse can
 as it starts, writes what earlier runs left: final rows as they are, and a run still marked
 running whose lock is free as ``crashed``, finished when its file was last touched (a
 heartbeat touches it every ``HEARTBEAT_SECONDS``); Prefect is told too, when it still shows
-that flow run RUNNING or PENDING, and the alert channels when nobody else knew.
+that flow run RUNNING or PENDING, and the alert channels when no server automation will.
 """
 
 from __future__ import annotations
@@ -284,9 +284,10 @@ def _crashed(
 
 
 def _tell_prefect(entry: JournalEntry, error: str) -> bool:
-    """Set the flow run CRASHED where Prefect still shows it RUNNING or PENDING. True when
-    nobody knew of the crash: Prefect showed it unfinished, or does not know the run (it ran
-    against another Prefect server)."""
+    """Set the flow run CRASHED where Prefect still shows it RUNNING or PENDING. True when the
+    alert is ours to send: on a real server, a run set CRASHED here alerts through the server's
+    automation (``automations.yaml``), as does one a worker saw crash; a local temporary
+    server has no automations, and a run the server does not know had no server watching."""
     try:
         with get_client(sync_client=True) as client:
             try:
@@ -305,7 +306,8 @@ def _tell_prefect(entry: JournalEntry, error: str) -> bool:
         run_logger().warning(
             "Could not mark flow run %s crashed in Prefect: %s", entry.flow_run_id, exc
         )
-    return True
+        return True
+    return not server_configured()
 
 
 def guard_local_server() -> None:

@@ -31,6 +31,7 @@ from demo.api import serve_in_background
 from demo.generate import generate
 from flows.dbt_build import build
 from flows.elt import EltParameters, StepFailed, elt
+from tests.receivers import webhook_receiver
 from tributary.report import RunReport
 from tributary.runs import flush
 from tributary.settings import PROJECT_ROOT, Settings, get_settings
@@ -89,6 +90,7 @@ class Shop:
     settings: Settings
     api_url: str
     token: str
+    alerts: list[dict[str, Any]]  # what the in-process runs posted to the webhook
 
     def env(self) -> dict[str, str]:
         """A local run's environment: no PREFECT_API_URL, so Prefect starts its own server."""
@@ -124,14 +126,16 @@ def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iter
     token = secrets.token_urlsafe(12)
     with (
         serve_in_background(settings.demo_api_db, token) as api_url,
+        webhook_receiver() as (hook_url, alerts),
         pytest.MonkeyPatch.context() as env,
     ):
+        env.setenv("TRIBUTARY_SLACK_WEBHOOK_URL", hook_url)
         env.setenv("TRIBUTARY_DATA_DIR", str(data_dir))
         env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
         env.setenv("TRIBUTARY_FX_API_URL", api_url)
         env.setenv("SOURCES__PAYMENTS__TOKEN", token)
         get_settings.cache_clear()
-        yield Shop(get_settings(), api_url, token)
+        yield Shop(get_settings(), api_url, token, alerts)
     get_settings.cache_clear()
 
 
@@ -212,6 +216,10 @@ def test_the_next_run_records_the_killed_one_as_crashed(
     assert started_at <= finished_at <= killed.killed_at
     assert (flow_name, status) == ("elt", "completed")
     assert recovery.loads and shop.journal() == []
+    # Its Prefect server went with it, so no automation saw the crash: the next run says so.
+    [alert] = [a["text"] for a in shop.alerts if entry["flow_run_id"] in a["text"]]
+    assert alert.startswith("tributary: flow `elt` crashed")
+    assert f"process {killed.pid} ended without finishing the run" in alert
     [(orders,)] = shop.query("select count(*) from marts.fct_orders")
     assert orders == ORDERS
 
