@@ -13,6 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from ingestion.drift import SchemaChange
 from ingestion.pipeline import SourceLoad, TableLoad
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.report import RunReport
@@ -57,7 +58,8 @@ REPORT_LOADS = [
         source="shop",
         dataset="raw_shop",
         load_ids=["1767.1", "1767.2"],
-        tables=[TableLoad("orders", 12, 7, 3, 2), TableLoad("customers", 4, 4, 0)],
+        tables=[TableLoad("orders", 12, 7, 3, 2, quarantined=1), TableLoad("customers", 4, 4, 0)],
+        schema_changes=[SchemaChange("customers", "phone", "added", "varchar")],
     )
 ]
 
@@ -99,13 +101,18 @@ def test_final_rows_wait_in_the_journal_while_the_warehouse_is_held(
         ).fetchall()
         tables = warehouse.sql(
             "select dataset, table_name, load_ids, rows_loaded, rows_new, rows_updated, "
-            "rows_deleted from ops.table_loads order by table_name"
+            "rows_deleted, rows_quarantined from ops.table_loads order by table_name"
+        ).fetchall()
+        changes = warehouse.sql(
+            "select flow_run_id, dataset, table_name, column_name, change, detail "
+            "from ops.schema_changes"
         ).fetchall()
     assert runs == [("run-1", "elt", "failed", "dbt build: 1 test failed", 16, 1, 1, 1, True)]
     assert tables == [
-        ("raw_shop", "customers", ["1767.1", "1767.2"], 4, 4, 0, 0),
-        ("raw_shop", "orders", ["1767.1", "1767.2"], 12, 7, 3, 2),
+        ("raw_shop", "customers", ["1767.1", "1767.2"], 4, 4, 0, 0, 0),
+        ("raw_shop", "orders", ["1767.1", "1767.2"], 12, 7, 3, 2, 1),
     ]
+    assert changes == [("run-1", "raw_shop", "customers", "phone", "added", "varchar")]
     assert list(settings.runs_dir.glob("*.json")) == []
 
 
