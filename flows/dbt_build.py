@@ -14,6 +14,7 @@ from flows.hooks import notify_failure
 from flows.publish import publish_marts, say_not_published
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.report import RunReport
+from tributary.runs import begin_run, guard_local_server
 from tributary.settings import get_settings
 
 
@@ -38,6 +39,7 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     publishes what a passing build made."""
     params = params or DbtBuildParameters()
     settings = get_settings()
+    journal = begin_run(settings, "dbt")
     # A retry of this flow run resumes from the failed nodes (`dbt retry`).
     try:
         summary = run_dbt_resumable(
@@ -45,6 +47,7 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
         )
     except Exception as exc:
         say_not_published(exc)
+        journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse))
         raise
     get_run_logger().info(
         "dbt %s: %d models built, %d tests passed",
@@ -52,8 +55,13 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
         summary.models_built,
         summary.tests_passed,
     )
-    published = publish_marts(summary)
+    try:
+        published = publish_marts(summary)
+    except Exception as exc:
+        journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse, dbt=summary))
+        raise
     report = RunReport(warehouse=settings.warehouse, dbt=summary, published=published)
+    journal.finish("completed", None, report)
     create_markdown_artifact(
         key="dbt-build-report", markdown=report.to_markdown(), description="tributary dbt build"
     )
@@ -61,4 +69,5 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
 
 
 if __name__ == "__main__":
+    guard_local_server()
     build()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import date
 
 import prefect.runtime
 from prefect import flow, get_run_logger, task
@@ -24,9 +24,9 @@ from ingestion.pipeline import (
 )
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.errors import retry_if_transient
-from tributary.ops import record_run
-from tributary.report import Freshness, RunReport
-from tributary.settings import Settings, get_settings
+from tributary.report import RunReport
+from tributary.runs import begin_run, guard_local_server
+from tributary.settings import get_settings
 
 
 class EltParameters(BaseModel):
@@ -147,24 +147,6 @@ def _window_bounds(source: SourceName, window: tuple[date, date]) -> tuple[str, 
     return start.isoformat(), end.isoformat()
 
 
-def _record(
-    settings: Settings, status: str, error: str | None, started_at: datetime, report: RunReport
-) -> list[Freshness]:
-    """One row in ops.pipeline_runs and one per table in ops.table_loads for this run."""
-    deployment = prefect.runtime.deployment.name
-    return record_run(
-        settings,
-        flow_run_id=str(prefect.runtime.flow_run.id),
-        flow_name="elt",
-        deployment=f"elt/{deployment}" if deployment else None,
-        status=status,
-        error=error,
-        started_at=started_at,
-        finished_at=datetime.now(UTC),
-        report=report,
-    )
-
-
 @flow(
     name="elt",
     log_prints=True,
@@ -176,7 +158,8 @@ def elt(params: EltParameters | None = None) -> RunReport:
     params = params or EltParameters()
     settings = get_settings()
     logger = get_run_logger()
-    started, started_at = time.monotonic(), datetime.now(UTC)
+    journal = begin_run(settings, "elt")
+    started = time.monotonic()
     loads: list[SourceLoad] = []
     window = params.window()
     try:
@@ -231,10 +214,7 @@ def elt(params: EltParameters | None = None) -> RunReport:
             raise StepFailed("publish", exc) from exc
     except Exception as exc:
         failed = RunReport(warehouse=settings.warehouse, loads=loads)
-        try:
-            _record(settings, "failed", str(exc), started_at, failed)
-        except Exception:  # the run's own error matters more than its history row
-            logger.warning("Could not record the failed run in ops.pipeline_runs", exc_info=True)
+        journal.finish("failed", str(exc), failed)
         raise
     logger.info("dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed)
     report = RunReport(
@@ -244,7 +224,7 @@ def elt(params: EltParameters | None = None) -> RunReport:
         published=published,
         seconds=time.monotonic() - started,
     )
-    freshness = _record(settings, "completed", None, started_at, report)
+    freshness = journal.finish("completed", None, report)
     report = replace(report, freshness=freshness)
     create_markdown_artifact(
         key="elt-run-report", markdown=report.to_markdown(), description="tributary elt run"
@@ -253,4 +233,5 @@ def elt(params: EltParameters | None = None) -> RunReport:
 
 
 if __name__ == "__main__":
+    guard_local_server()
     elt()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 from prefect.settings import PREFECT_UI_URL
 
-from tributary.notify import failure_message, send_email, send_webhook
+from tributary.notify import failure_message, notify
 from tributary.settings import get_settings
 
 
@@ -24,15 +23,8 @@ def _deployment_name(flow: Flow, flow_run: FlowRun) -> str | None:
 
 
 def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
-    logger = get_run_logger()
-    settings = get_settings()
-    url = settings.slack_webhook_url
-    if url is None and settings.smtp_host is None:
-        logger.info(
-            "No failure notification configured (TRIBUTARY_SLACK_WEBHOOK_URL, "
-            "TRIBUTARY_SMTP_HOST); not notifying."
-        )
-        return
+    """Tell every configured channel that the run failed; never raises (a channel that fails
+    is logged, without its secret, by ``notify``)."""
     ui = PREFECT_UI_URL.value()
     try:
         cause = state.result(raise_on_failure=False)
@@ -45,9 +37,4 @@ def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
         error=state.message or state.name,
         run_url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None,
     )
-    if url is not None:
-        send_webhook(url, subject, body)
-        logger.info("Failure notification posted to the webhook.")
-    if settings.smtp_host is not None:
-        send_email(settings, subject, body)
-        logger.info("Failure notification e-mailed to %s.", ", ".join(settings.alert_email_to))
+    notify(get_settings(), subject, body)

@@ -95,7 +95,8 @@ def _is_beyond(value: Any, limit: datetime) -> bool | None:
     return False  # an integer cursor: no notion of the future
 
 
-def _value_reasons(contract: Contract, row: Mapping[str, Any]) -> list[str]:
+def value_reasons(contract: Contract, row: Mapping[str, Any]) -> list[str]:
+    """Why a row (a mapping) breaks ``contract``; empty when it does not."""
     reasons = []
     for key in contract.keys:
         if row.get(key) is None:
@@ -225,7 +226,7 @@ class RowGuard(ItemTransform[Any, dict[str, Any]]):
     def _check_rows(self, rows: list[Any]) -> list[Any]:
         kept, bad = [], []
         for row in rows:
-            reasons = _value_reasons(self.contract, row) if isinstance(row, Mapping) else []
+            reasons = value_reasons(self.contract, row) if isinstance(row, Mapping) else []
             if reasons:
                 bad.append(Rejected(self.contract.table, "; ".join(reasons), row, self._key(row)))
             else:

@@ -53,8 +53,10 @@ def demo(
     from demo.generate import generate
     from demo.simulate import simulate
     from flows.elt import elt
+    from tributary.runs import guard_local_server
     from tributary.settings import get_settings
 
+    guard_local_server()
     settings = get_settings()
     shop_url = settings.shop_connection_url
     if settings.shop_url is None and not settings.shop_sqlite_path.exists():

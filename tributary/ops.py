@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import duckdb
@@ -54,8 +55,52 @@ create table if not exists ops.schema_changes (
 """
 
 
-def record_run(
-    settings: Settings,
+@dataclass(frozen=True)
+class TableRow:
+    """One row of ``ops.table_loads``: what one run did to one raw table."""
+
+    dataset: str
+    table_name: str
+    load_ids: list[str]
+    rows_loaded: int
+    rows_new: int
+    rows_updated: int
+    rows_deleted: int
+    rows_quarantined: int = 0
+
+
+@dataclass(frozen=True)
+class SchemaChangeRow:
+    """One row of ``ops.schema_changes``: a source column that changed, found by one run."""
+
+    dataset: str
+    table_name: str
+    column_name: str
+    change: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of ``ops.pipeline_runs`` with its ``ops.table_loads`` and ``ops.schema_changes``
+    rows, as plain values: a run whose history could not be written keeps them in its journal."""
+
+    flow_run_id: str
+    flow_name: str
+    deployment: str | None
+    status: str
+    error: str | None
+    started_at: datetime
+    finished_at: datetime
+    rows_loaded: int = 0
+    dbt_nodes_passed: int | None = None
+    dbt_nodes_failed: int | None = None
+    dbt_nodes_skipped: int | None = None
+    tables: list[TableRow] = field(default_factory=list)
+    schema_changes: list[SchemaChangeRow] = field(default_factory=list)
+
+
+def run_row(
     *,
     flow_run_id: str,
     flow_name: str,
@@ -65,79 +110,123 @@ def record_run(
     started_at: datetime,
     finished_at: datetime,
     report: RunReport,
-) -> list[Freshness]:
-    """Write one run's facts in one transaction; a retried run replaces its earlier rows.
-
-    Returns each raw dataset's freshness, read in the same connection (a reader cannot open
-    the file while a writer holds it)."""
+) -> RunRow:
+    """The history rows of one run, from its report."""
     dbt = report.dbt
+    return RunRow(
+        flow_run_id=flow_run_id,
+        flow_name=flow_name,
+        deployment=deployment,
+        status=status,
+        error=error,
+        started_at=started_at,
+        finished_at=finished_at,
+        rows_loaded=sum(load.rows_loaded for load in report.loads),
+        dbt_nodes_passed=dbt.count(_ALL, {"success", "pass"}) if dbt else None,
+        dbt_nodes_failed=dbt.count(_ALL, {"error", "fail"}) if dbt else None,
+        dbt_nodes_skipped=dbt.count(_ALL, {"skipped"}) if dbt else None,
+        tables=[
+            TableRow(
+                dataset=load.dataset,
+                table_name=table.table,
+                load_ids=load.load_ids,
+                rows_loaded=table.loaded,
+                rows_new=table.new,
+                rows_updated=table.updated,
+                rows_deleted=table.deleted,
+                rows_quarantined=table.quarantined,
+            )
+            for load in report.loads
+            for table in load.tables
+        ],
+        schema_changes=[
+            SchemaChangeRow(
+                dataset=load.dataset,
+                table_name=change.table,
+                column_name=change.column,
+                change=change.change,
+                detail=change.detail,
+            )
+            for load in report.loads
+            for change in load.schema_changes
+        ],
+    )
+
+
+def write_runs(settings: Settings, rows: list[RunRow], *, now: datetime) -> list[Freshness]:
+    """Write runs' facts in one transaction; a run written before has its rows replaced.
+
+    Returns each raw dataset's freshness as of ``now``, read in the same connection (a reader
+    cannot open the file while a writer holds it)."""
     with (
         warehouse_lock(settings),
         duckdb.connect(str(check_warehouse(settings))) as warehouse,
     ):
         warehouse.execute(DDL)
         warehouse.execute("begin")
-        warehouse.execute("delete from ops.table_loads where flow_run_id = ?", [flow_run_id])
-        warehouse.execute("delete from ops.schema_changes where flow_run_id = ?", [flow_run_id])
-        changes = [
-            [
-                flow_run_id,
-                load.dataset,
-                change.table,
-                change.column,
-                change.change,
-                change.detail,
-                finished_at,
-            ]
-            for load in report.loads
-            for change in load.schema_changes
-        ]
-        if changes:
-            warehouse.executemany(
-                "insert into ops.schema_changes values (?, ?, ?, ?, ?, ?, ?)", changes
+        for row in rows:
+            for table in ("table_loads", "schema_changes"):
+                warehouse.execute(
+                    f"delete from ops.{table} where flow_run_id = ?", [row.flow_run_id]
+                )
+            warehouse.execute(
+                "delete from ops.pipeline_runs where flow_run_id = ?", [row.flow_run_id]
             )
-        warehouse.execute("delete from ops.pipeline_runs where flow_run_id = ?", [flow_run_id])
-        warehouse.execute(
-            "insert into ops.pipeline_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                flow_run_id,
-                flow_name,
-                deployment,
-                status,
-                error,
-                started_at,
-                finished_at,
-                sum(load.rows_loaded for load in report.loads),
-                dbt.count(_ALL, {"success", "pass"}) if dbt else None,
-                dbt.count(_ALL, {"error", "fail"}) if dbt else None,
-                dbt.count(_ALL, {"skipped"}) if dbt else None,
-            ],
-        )
-        rows = [
-            [
-                flow_run_id,
-                load.dataset,
-                table.table,
-                load.load_ids,
-                table.loaded,
-                table.new,
-                table.updated,
-                table.deleted,
-                table.quarantined,
-                finished_at,
-            ]
-            for load in report.loads
-            for table in load.tables
-        ]
-        if rows:
-            warehouse.executemany(
-                "insert into ops.table_loads (flow_run_id, dataset, table_name, load_ids, "
-                "rows_loaded, rows_new, rows_updated, rows_deleted, rows_quarantined, loaded_at) "
-                "values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+            warehouse.execute(
+                "insert into ops.pipeline_runs values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    row.flow_run_id,
+                    row.flow_name,
+                    row.deployment,
+                    row.status,
+                    row.error,
+                    row.started_at,
+                    row.finished_at,
+                    row.rows_loaded,
+                    row.dbt_nodes_passed,
+                    row.dbt_nodes_failed,
+                    row.dbt_nodes_skipped,
+                ],
             )
+            if row.tables:
+                warehouse.executemany(
+                    "insert into ops.table_loads (flow_run_id, dataset, table_name, load_ids, "
+                    "rows_loaded, rows_new, rows_updated, rows_deleted, rows_quarantined, "
+                    "loaded_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        [
+                            row.flow_run_id,
+                            table.dataset,
+                            table.table_name,
+                            table.load_ids,
+                            table.rows_loaded,
+                            table.rows_new,
+                            table.rows_updated,
+                            table.rows_deleted,
+                            table.rows_quarantined,
+                            row.finished_at,
+                        ]
+                        for table in row.tables
+                    ],
+                )
+            if row.schema_changes:
+                warehouse.executemany(
+                    "insert into ops.schema_changes values (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        [
+                            row.flow_run_id,
+                            change.dataset,
+                            change.table_name,
+                            change.column_name,
+                            change.change,
+                            change.detail,
+                            row.finished_at,
+                        ]
+                        for change in row.schema_changes
+                    ],
+                )
         warehouse.execute("commit")
-        return _freshness(warehouse, finished_at)
+        return _freshness(warehouse, now)
 
 
 def _freshness(warehouse: duckdb.DuckDBPyConnection, now: datetime) -> list[Freshness]:

@@ -203,6 +203,11 @@ class Settings(BaseSettings):
     def demo_api_db(self) -> Path:
         return (self.demo_api_db_path or self.data_dir / "payments_api.sqlite").resolve()
 
+    @property
+    def runs_dir(self) -> Path:
+        """The run journal: one file per run until its history is in the warehouse."""
+        return (self.data_dir / "ops" / "runs").resolve()
+
 
 class ConfigurationError(ValueError):
     """A setting is missing or wrong; raised before any data moves."""

@@ -21,7 +21,8 @@ from demo.generate import generate
 from demo.simulate import simulate
 from ingestion.guards import GuardError
 from ingestion.payments import payments
-from ingestion.pipeline import make_pipeline, run_source
+from ingestion.pipeline import ACCEPTED_VALUES, make_pipeline, run_source
+from ingestion.replay import replay_quarantined
 from tests.ingestion.test_shop import SCHEMA
 from tributary.settings import Settings
 
@@ -349,6 +350,13 @@ def test_a_package_that_cannot_be_normalised_is_set_aside_with_its_rows_quaranti
     raw = {row[0] for row in _query(api, "select payment_id from raw_payments.payments")}
     assert "q-next" in raw and "q-good" not in raw and None not in raw
 
+    # The set-aside package's good rows are replayed; the one without a key stays.
+    result = replay_quarantined("payments", api)
+    assert result.replayed == {"payments": 1}
+    assert result.still_failing == {("payments", "primary key payment_id is missing"): 1}
+    raw = {row[0] for row in _query(api, "select payment_id from raw_payments.payments")}
+    assert "q-good" in raw and None not in raw
+
 
 # --- deletes: a source that lost its rows must not empty the warehouse silently -----------------
 
@@ -450,3 +458,64 @@ def test_counts_after_a_resumed_load_are_exact(sample: Settings, tmp_path: Path)
     assert resumed.resumed
     assert {t.table: (t.new, t.updated, t.deleted) for t in resumed.tables} == expected
     assert _counts(sample) == _counts(twin)
+
+
+def test_a_load_the_warehouse_refuses_never_wedges_the_pipeline(sample: Settings) -> None:
+    """A load job that fails terminally (here a CHECK constraint the raw table was given, as
+    any row the warehouse refuses) once left its package pending, retried and failing on
+    every run even after the source was fixed. Now the package is aborted and its cursors
+    restored: each run reads the source again, and loads once the cause is gone."""
+    with duckdb.connect(str(sample.warehouse)) as warehouse:
+        columns = warehouse.sql("describe raw_shop.orders").fetchall()
+        definition = ", ".join(f'"{name}" {kind}' for name, kind, *_ in columns)
+        warehouse.execute(
+            "alter table raw_shop.orders rename to orders_before;"
+            f"create table raw_shop.orders ({definition}, check (status <> 'returned'));"
+            "insert into raw_shop.orders select * from raw_shop.orders_before "
+            "where status <> 'returned'; drop table raw_shop.orders_before;"
+        )
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"  # after the cursor: read next run
+    _shop(
+        sample, f"update orders set status = 'returned', updated_at = '{stamp}' where order_id = 1;"
+    )
+    cursor = _cursor(sample, "orders")
+    for _ in range(2):
+        with pytest.raises(Exception, match="CHECK constraint failed"):
+            run_source("shop", sample)
+        assert not make_pipeline("shop", sample).has_pending_data
+        assert _cursor(sample, "orders") == cursor
+
+    _shop(
+        sample,
+        f"update orders set status = 'completed', updated_at = '{LATER}' where order_id = 1;",
+    )
+    run_source("shop", sample)
+    assert _query(sample, "select status from raw_shop.orders where order_id = 1") == [
+        ("completed",)
+    ]
+
+
+def test_replay_loads_the_rows_that_pass_the_contract_now(
+    api: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _add_bad_payments(api)
+    run_source("payments", api)
+    # The provider starts taking a new currency: the contract widens, and the rows it kept
+    # out can come in. The others still fail, for the same reasons.
+    monkeypatch.setitem(
+        ACCEPTED_VALUES["payments"]["payments"], "currency", ("USD", "EUR", "GBP", "XYZ")
+    )
+    result = replay_quarantined("payments", api)
+    assert result.replayed == {"payments": 1}
+    assert sum(result.still_failing.values()) == len(BAD_PAYMENTS) - 1
+    assert ("payments", "amount is missing") in result.still_failing
+    [(currency, amount)] = _query(
+        api, "select currency, amount from raw_payments.payments where payment_id = 'p-xyz'"
+    )
+    assert (currency, amount) == ("XYZ", 1200)
+    [(closed,)] = _query(api, "select count(*) from quarantine.rows where replayed_at is not null")
+    assert closed == 1
+    # The cursor did not move: the next run reads what it would have read anyway.
+    state = make_pipeline("payments", api).state["sources"]["payments"]["resources"]
+    assert replay_quarantined("payments", api).replayed == {}
+    assert make_pipeline("payments", api).state["sources"]["payments"]["resources"] == state

@@ -1,0 +1,142 @@
+"""The run journal on its own, without a flow: a run's final rows wait in its journal while a
+reader (another process) holds the warehouse, and the next flush writes them exactly."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ingestion.drift import SchemaChange
+from ingestion.pipeline import SourceLoad, TableLoad
+from tributary.dbt import DbtSummary, NodeResult
+from tributary.report import RunReport
+from tributary.runs import RunJournal, flush
+from tributary.settings import Settings
+
+
+@contextmanager
+def reader(warehouse: Path) -> Iterator[None]:
+    """Another process holding a read-only connection to the warehouse, as a BI tool does."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, duckdb\n"
+            f"connection = duckdb.connect({str(warehouse)!r}, read_only=True)\n"
+            "print('reading', flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert process.stdout.readline() == "reading\n"
+        yield
+    finally:
+        process.stdin.close()
+        process.wait(timeout=30)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    settings = Settings(data_dir=tmp_path)
+    duckdb.connect(str(settings.warehouse)).close()
+    return settings
+
+
+REPORT_LOADS = [
+    SourceLoad(
+        source="shop",
+        dataset="raw_shop",
+        load_ids=["1767.1", "1767.2"],
+        tables=[TableLoad("orders", 12, 7, 3, 2, quarantined=1), TableLoad("customers", 4, 4, 0)],
+        schema_changes=[SchemaChange("customers", "phone", "added", "varchar")],
+    )
+]
+
+
+def test_final_rows_wait_in_the_journal_while_the_warehouse_is_held(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    report = RunReport(
+        warehouse=settings.warehouse,
+        loads=REPORT_LOADS,
+        dbt=DbtSummary(
+            "build",
+            [
+                NodeResult("model.t.fct_orders", "model", "success", 1.0),
+                NodeResult("test.t.unique_x", "test", "fail", 0.1),
+                NodeResult("model.t.dim_x", "model", "skipped", 0.0),
+            ],
+        ),
+    )
+    journal = RunJournal.open(settings, flow_run_id="run-1", flow_name="elt", deployment=None)
+    with reader(settings.warehouse):
+        assert journal.finish("failed", "dbt build: 1 test failed", report) == []
+    assert "Could not write this run to ops.pipeline_runs (IOException" in caplog.text
+    [kept] = settings.runs_dir.glob("*.json")
+    assert kept.name == "run-1.json"
+    assert not (settings.runs_dir / "run-1.lock").exists()
+
+    [row] = flush(settings, found_by="run-2")
+    assert (row.flow_run_id, row.status, row.error) == (
+        "run-1",
+        "failed",
+        "dbt build: 1 test failed",
+    )
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        runs = warehouse.sql(
+            "select flow_run_id, flow_name, status, error, rows_loaded, dbt_nodes_passed, "
+            "dbt_nodes_failed, dbt_nodes_skipped, finished_at >= started_at "
+            "from ops.pipeline_runs"
+        ).fetchall()
+        tables = warehouse.sql(
+            "select dataset, table_name, load_ids, rows_loaded, rows_new, rows_updated, "
+            "rows_deleted, rows_quarantined from ops.table_loads order by table_name"
+        ).fetchall()
+        changes = warehouse.sql(
+            "select flow_run_id, dataset, table_name, column_name, change, detail "
+            "from ops.schema_changes"
+        ).fetchall()
+    assert runs == [("run-1", "elt", "failed", "dbt build: 1 test failed", 16, 1, 1, 1, True)]
+    assert tables == [
+        ("raw_shop", "customers", ["1767.1", "1767.2"], 4, 4, 0, 0, 0),
+        ("raw_shop", "orders", ["1767.1", "1767.2"], 12, 7, 3, 2, 1),
+    ]
+    assert changes == [("run-1", "raw_shop", "customers", "phone", "added", "varchar")]
+    assert list(settings.runs_dir.glob("*.json")) == []
+
+
+def test_a_running_run_is_left_alone_and_other_warehouses_are_not_ours(
+    settings: Settings, tmp_path: Path
+) -> None:
+    running = RunJournal.open(settings, flow_run_id="run-1", flow_name="elt", deployment=None)
+    other = settings.model_copy(update={"warehouse_path": tmp_path / "other.duckdb"})
+    elsewhere = RunJournal.open(other, flow_run_id="run-3", flow_name="dbt", deployment=None)
+    duckdb.connect(str(other.warehouse)).close()
+    with reader(other.warehouse):  # its history stays in the journal
+        elsewhere.finish("completed", None, RunReport(warehouse=other.warehouse))
+    assert flush(settings, found_by="run-2") == []  # run-1 holds its lock; run-3 is not ours
+    assert sorted(p.name for p in settings.runs_dir.glob("*.json")) == ["run-1.json", "run-3.json"]
+    running.finish("completed", None, RunReport(warehouse=settings.warehouse))
+    [row] = flush(other, found_by="run-2")
+    assert (row.flow_run_id, row.flow_name, row.status) == ("run-3", "dbt", "completed")
+
+
+def test_an_unreadable_journal_file_is_skipped_and_said(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.runs_dir.mkdir(parents=True)
+    (settings.runs_dir / "torn.json").write_text('{"flow_run_id": "torn", "flow_na')
+    with caplog.at_level(logging.WARNING):
+        assert flush(settings, found_by="run-2") == []
+    assert "torn.json cannot be read, skipped" in caplog.text

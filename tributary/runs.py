@@ -1,0 +1,318 @@
+"""The run journal: every run reaches ``ops.pipeline_runs`` with its final state — also a run
+whose warehouse could not be written when it ended, and a run whose process was killed.
+
+A run writes ``<data_dir>/ops/runs/<flow_run_id>.json`` as it starts and holds an exclusive OS
+lock on ``<flow_run_id>.lock`` for as long as its process lives; the kernel drops the lock
+however the process ends, so a lock anyone can take means the run is gone. At its end the run
+writes its history to the warehouse and removes its file; when the warehouse cannot be written
+(a reader holds the file, the lock timed out) the file keeps the final rows instead. Every run,
+as it starts, writes what earlier runs left: final rows as they are, and a run still marked
+running whose lock is free as ``crashed``, finished when its file was last touched (a
+heartbeat touches it every ``HEARTBEAT_SECONDS``); Prefect is told too, when it still shows
+that flow run RUNNING or PENDING, and the alert channels when no server automation will.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from contextlib import suppress
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+from uuid import UUID
+
+import prefect.runtime
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Crashed
+from pydantic import BaseModel, ValidationError
+
+from tributary import orphans
+from tributary.lock import server_configured
+from tributary.notify import notify, run_logger
+from tributary.ops import RunRow, run_row, write_runs
+from tributary.report import Freshness, RunReport
+from tributary.settings import Settings
+
+HEARTBEAT_SECONDS = 15
+Status = Literal["running", "completed", "failed", "crashed"]
+
+
+class JournalEntry(BaseModel):
+    """One run as its journal file holds it; ``final`` (the history rows) once it has ended."""
+
+    flow_run_id: str
+    flow_name: str
+    deployment: str | None
+    warehouse: str
+    pid: int
+    started_at: datetime
+    status: Status = "running"
+    final: RunRow | None = None
+
+
+def _paths(settings: Settings, flow_run_id: str) -> tuple[Path, Path]:
+    """The run's journal file and its lock file."""
+    return settings.runs_dir / f"{flow_run_id}.json", settings.runs_dir / f"{flow_run_id}.lock"
+
+
+def _write(path: Path, entry: JournalEntry) -> None:
+    """Replace the file in one step, so that nobody ever reads half of it."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(entry.model_dump_json(indent=2))
+    os.replace(temporary, path)
+
+
+def _read(path: Path) -> JournalEntry | None:
+    """The entry, or None when the file is gone (its run wrote its history meanwhile) or cannot
+    be read (said in the log; the file is left for a person to look at)."""
+    try:
+        return JournalEntry.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except ValidationError as exc:
+        run_logger().warning("Run journal %s cannot be read, skipped: %s", path, exc)
+        return None
+
+
+def _try_lock(path: Path, *, create: bool) -> int | None:
+    """A descriptor holding an exclusive lock on ``path``, or None when another process holds
+    it (or, without ``create``, when the file is gone)."""
+    try:
+        fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(path: Path, fd: int) -> None:
+    """Remove the lock file while still holding it, then let go."""
+    path.unlink(missing_ok=True)
+    os.close(fd)
+
+
+class RunJournal:
+    """The journal of one running flow run: its file, its lock and its heartbeat."""
+
+    def __init__(self, settings: Settings, entry: JournalEntry, lock: int) -> None:
+        self.settings = settings
+        self.entry = entry
+        self.path, self._lock_path = _paths(settings, entry.flow_run_id)
+        self._lock = lock
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._beat, name="run-journal", daemon=True)
+        self._heartbeat.start()
+
+    @classmethod
+    def open(
+        cls, settings: Settings, *, flow_run_id: str, flow_name: str, deployment: str | None
+    ) -> RunJournal:
+        """Lock, then write the entry: whoever sees the file can trust a free lock."""
+        settings.runs_dir.mkdir(parents=True, exist_ok=True)
+        path, lock_path = _paths(settings, flow_run_id)
+        lock = _try_lock(lock_path, create=True)
+        if lock is None:
+            raise RuntimeError(
+                f"Flow run {flow_run_id} is running in another process (it holds {lock_path})"
+            )
+        entry = JournalEntry(
+            flow_run_id=flow_run_id,
+            flow_name=flow_name,
+            deployment=deployment,
+            warehouse=str(settings.warehouse),
+            pid=os.getpid(),
+            started_at=datetime.now(UTC),
+        )
+        _write(path, entry)
+        return cls(settings, entry, lock)
+
+    def _beat(self) -> None:
+        """Touch the file now and then: its time is when a killed run was last seen alive."""
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            with suppress(FileNotFoundError):
+                os.utime(self.path)
+
+    def finish(
+        self, status: Literal["completed", "failed"], error: str | None, report: RunReport
+    ) -> list[Freshness]:
+        """Write the run's history and remove its journal; returns each raw dataset's freshness.
+
+        Does not raise when the warehouse cannot be written: the run's own outcome matters more
+        than its history row, which the journal keeps for the next run to write."""
+        self._stop.set()
+        self._heartbeat.join()
+        row = run_row(
+            flow_run_id=self.entry.flow_run_id,
+            flow_name=self.entry.flow_name,
+            deployment=self.entry.deployment,
+            status=status,
+            error=error,
+            started_at=self.entry.started_at,
+            finished_at=datetime.now(UTC),
+            report=report,
+        )
+        self.entry = self.entry.model_copy(update={"status": status, "final": row})
+        try:
+            _write(self.path, self.entry)
+            try:
+                freshness = write_runs(self.settings, [row], now=row.finished_at)
+            except Exception as exc:
+                run_logger().warning(
+                    "Could not write this run to ops.pipeline_runs (%s: %s); its journal %s "
+                    "keeps it and the next run writes it.",
+                    type(exc).__name__,
+                    exc,
+                    self.path,
+                )
+                return []
+            self.path.unlink()
+            return freshness
+        finally:
+            _unlock(self._lock_path, self._lock)
+
+
+def begin_run(settings: Settings, flow_name: str) -> RunJournal:
+    """Open this flow run's journal, then write what earlier runs left in theirs. Call it first
+    in a flow, before anything writes the warehouse; Prefect says which flow run this is."""
+    flow_run_id = prefect.runtime.flow_run.id
+    if flow_run_id is None:
+        raise RuntimeError("begin_run belongs inside a flow run")
+    deployment = prefect.runtime.deployment.name
+    journal = RunJournal.open(
+        settings,
+        flow_run_id=str(flow_run_id),
+        flow_name=flow_name,
+        deployment=f"{flow_name}/{deployment}" if deployment else None,
+    )
+    try:
+        flush(settings, found_by=journal.entry.flow_run_id)
+    except Exception as exc:  # this run goes ahead; the journals wait for the next one
+        run_logger().warning(
+            "Could not write earlier runs to ops.pipeline_runs (%s: %s); their journals in %s "
+            "stay for the next run.",
+            type(exc).__name__,
+            exc,
+            settings.runs_dir,
+        )
+    return journal
+
+
+def flush(settings: Settings, *, found_by: str) -> list[RunRow]:
+    """Write to ops what ended runs left in the journal (all but ``found_by``, the run doing
+    it), and remove their files; returns the rows written."""
+    ended: list[tuple[Path, RunRow]] = []
+    for path in sorted(settings.runs_dir.glob("*.json")):
+        entry = _read(path)
+        if (
+            entry is None
+            or entry.flow_run_id == found_by
+            or entry.warehouse != str(settings.warehouse)
+        ):
+            continue
+        if entry.status == "running":
+            entry = _crashed(settings, path, entry, found_by)
+        if entry is not None and entry.final is not None:
+            ended.append((path, entry.final))
+    if not ended:
+        return []
+    rows = [row for _, row in ended]
+    write_runs(settings, rows, now=datetime.now(UTC))
+    for path, _ in ended:
+        path.unlink(missing_ok=True)
+    run_logger().info(
+        "Wrote %d earlier run(s) to ops.pipeline_runs: %s",
+        len(rows),
+        ", ".join(f"{row.flow_name} {row.flow_run_id} {row.status}" for row in rows),
+    )
+    return rows
+
+
+def _crashed(
+    settings: Settings, path: Path, entry: JournalEntry, found_by: str
+) -> JournalEntry | None:
+    """The entry of a run whose process is gone, made final as ``crashed``; None while its
+    process lives (it holds its lock)."""
+    _, lock_path = _paths(settings, entry.flow_run_id)
+    lock = _try_lock(lock_path, create=False)
+    if lock is None:
+        return None
+    try:
+        # Read again under the lock: the run may have ended between the first read and now.
+        current = _read(path)
+        if current is None or current.status != "running":
+            return current
+        last_seen = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        error = (
+            f"process {current.pid} ended without finishing the run (killed, or its machine "
+            f"stopped); last seen {last_seen:%Y-%m-%d %H:%M:%S} UTC; "
+            f"found by flow run {found_by}"
+        )
+        row = RunRow(
+            flow_run_id=current.flow_run_id,
+            flow_name=current.flow_name,
+            deployment=current.deployment,
+            status="crashed",
+            error=error,
+            started_at=current.started_at,
+            finished_at=last_seen,
+        )
+        crashed = current.model_copy(update={"status": "crashed", "final": row})
+        _write(path, crashed)
+    finally:
+        _unlock(lock_path, lock)
+    if _tell_prefect(crashed, error):
+        notify(
+            settings,
+            f"tributary: flow `{crashed.flow_name}` crashed",
+            "\n".join(
+                [
+                    f"Deployment: {crashed.deployment or 'none (run locally)'}",
+                    f"Flow run: {crashed.flow_run_id}",
+                    f"Error: {error}",
+                ]
+            ),
+        )
+    return crashed
+
+
+def _tell_prefect(entry: JournalEntry, error: str) -> bool:
+    """Set the flow run CRASHED where Prefect still shows it RUNNING or PENDING. True when the
+    alert is ours to send: on a real server, a run set CRASHED here alerts through the server's
+    automation (``automations.yaml``), as does one a worker saw crash; a local temporary
+    server has no automations, and a run the server does not know had no server watching."""
+    try:
+        with get_client(sync_client=True) as client:
+            try:
+                flow_run = client.read_flow_run(UUID(entry.flow_run_id))
+            except ObjectNotFound:
+                return True
+            if flow_run.state is None or flow_run.state.type not in (
+                StateType.RUNNING,
+                StateType.PENDING,
+            ):
+                return False
+            client.set_flow_run_state(
+                flow_run.id, Crashed(message=f"tributary run journal: {error}"), force=True
+            )
+    except Exception as exc:  # the history row is written all the same
+        run_logger().warning(
+            "Could not mark flow run %s crashed in Prefect: %s", entry.flow_run_id, exc
+        )
+        return True
+    return not server_configured()
+
+
+def guard_local_server() -> None:
+    """Make Prefect's temporary server, and anything else this process starts, die with it
+    (``tributary.orphans``), for a local run; a real server (``PREFECT_API_URL``) is not ours
+    to stop. Call it before the flow starts, so that the server is covered from its start."""
+    if not server_configured():
+        orphans.watch()
