@@ -224,6 +224,10 @@ def simulate(
             latest = [_as_datetime(v) for v in latest if v is not None]
             if (paid_last := payments.last_update()) is not None:
                 latest.append(paid_last)
+            # The shop's clock stays ahead of every change it made, but not of a row stamped
+            # in the future by hand (a poisoned timestamp): a real shop's clock ignores those.
+            horizon = utc_now() + timedelta(days=1)
+            latest = [moment for moment in latest if moment <= horizon]
             now = max([now or utc_now(), *(moment + timedelta(seconds=1) for moment in latest)])
             result = SimulationResult(now=now)
             payments.extend_rates(now.date())

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows.hooks import notify_failure
+from flows.hooks import notify_failure, notify_warnings
 from flows.publish import publish_marts, say_not_published
 from ingestion.guards import GuardError
 from ingestion.pipeline import (
@@ -229,6 +229,8 @@ def elt(params: EltParameters | None = None) -> RunReport:
     create_markdown_artifact(
         key="elt-run-report", markdown=report.to_markdown(), description="tributary elt run"
     )
+    if warnings := report.warnings():
+        notify_warnings("elt", warnings)
     return report
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import prefect.runtime
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.flows import Flow
 from prefect.settings import PREFECT_UI_URL
 
-from tributary.notify import failure_message, notify
+from tributary.notify import Delivery, failure_message, notify, warning_message
 from tributary.settings import get_settings
 
 
@@ -38,3 +39,16 @@ def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
         run_url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None,
     )
     notify(get_settings(), subject, body)
+
+
+def notify_warnings(flow_name: str, warnings: list[str]) -> list[Delivery]:
+    """Tell every configured channel what a completed run found (quarantined rows, drift)."""
+    ui = PREFECT_UI_URL.value()
+    deployment = prefect.runtime.deployment.name
+    subject, body = warning_message(
+        flow_name=flow_name,
+        deployment=f"{flow_name}/{deployment}" if deployment else None,
+        warnings=warnings,
+        run_url=f"{ui}/runs/flow-run/{prefect.runtime.flow_run.id}" if ui else None,
+    )
+    return notify(get_settings(), subject, body)

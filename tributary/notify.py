@@ -66,6 +66,21 @@ def failure_message(
     return subject, body
 
 
+def warning_message(
+    *, flow_name: str, deployment: str | None, warnings: list[str], run_url: str | None
+) -> tuple[str, str]:
+    """Subject and body for a run that completed but has something to say."""
+    subject = f"tributary: flow `{flow_name}` completed with warnings"
+    body = "\n".join(
+        [
+            f"Deployment: {deployment or 'none (run locally)'}",
+            *(f"- {warning}" for warning in warnings),
+            f"Run: {run_url or 'no Prefect UI configured'}",
+        ]
+    )
+    return subject, body
+
+
 def notify(settings: Settings, subject: str, body: str) -> list[Delivery]:
     """Send the message to every configured channel, each on its own: a channel that fails is
     logged as a warning (channel, status or exception type, host) and the next one still goes.

@@ -36,6 +36,23 @@ class RunReport:
     freshness: list[Freshness] = field(default_factory=list)
     published: Publication | NotPublished | None = None
 
+    def warnings(self) -> list[str]:
+        """What a completed run must still tell someone: rows quarantined for the first time
+        (a row sent again every run is told once), and source columns that changed."""
+        lines = [
+            f"{load.dataset}.{count.table}: {count.new_rows} row(s) quarantined: "
+            f"{count.reason} (keys: {', '.join(count.example_keys) or 'none'})"
+            for load in self.loads
+            for count in load.quarantined
+            if count.new_rows
+        ]
+        lines += [
+            f"schema drift: {load.dataset}.{change.describe()}"
+            for load in self.loads
+            for change in load.schema_changes
+        ]
+        return lines
+
     def to_markdown(self) -> str:
         lines = [
             "# tributary `elt` run",
