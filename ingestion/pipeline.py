@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from ingestion.shop import bulk, database_url, shop
 from ingestion.shop.keys import KeySnapshot, delete_missing, missing_keys
 from ingestion.shop.keys import snapshot as key_snapshot
 from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
+from tributary.commands import command
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 from tributary.warehouse import check_warehouse
@@ -638,6 +640,51 @@ def _evolve(
 
 
 def run_source(
+    source: SourceName,
+    settings: Settings,
+    **options: Any,
+) -> SourceLoad:
+    """``load_source`` with dlt's failures explained: the step, the error's last line (not a
+    traceback), and — when a package stays pending — dlt commands that work as printed (dlt's
+    own need ``--pipelines-dir`` for tributary's pipelines)."""
+    try:
+        return load_source(source, settings, **options)
+    except PipelineStepFailed as exc:
+        raise PipelineFailed(_explain(exc, source, settings)) from exc
+
+
+class PipelineFailed(RuntimeError):
+    """A dlt step failed; the message says which, why, and what to run about it."""
+
+
+def _last_error(text: str) -> str:
+    """The error a message ends on: the last ``SomeError: …`` line of a traceback in it, or
+    its first line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b.*: ", line)]
+    return errors[-1] if errors else (lines[0] if lines else text)
+
+
+def _explain(exc: PipelineStepFailed, source: str, settings: Settings) -> str:
+    cause = exc.exception
+    name = f"tributary_{source}"
+    message = (
+        f"{name}: dlt's {exc.step} step failed: {type(cause).__name__}: {_last_error(str(cause))}"
+    )
+    try:
+        pending = make_pipeline(source, settings).has_pending_data
+    except Exception:  # the explanation must not hide the failure
+        pending = False
+    if pending:
+        dlt_cli = command("dlt", "pipeline", "--pipelines-dir", settings.pipelines_dir, name)
+        message += (
+            ". Its load package stays pending and the next run loads it first. Inspect it: "
+            f"`{dlt_cli} info`; drop it and the cursors it moved: `{dlt_cli} abort-packages`"
+        )
+    return message
+
+
+def load_source(
     source: SourceName,
     settings: Settings,
     *,

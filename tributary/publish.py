@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from tributary.commands import command
 from tributary.dbt import PASSED_STATUSES, DbtFailed, DbtSummary, last_invocation_id
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import (
@@ -375,7 +376,7 @@ def idle_warehouse(settings: Settings, command: str) -> Iterator[None]:
 def restore_published(settings: Settings, version: str | None = None) -> Publication:
     """Point the readers' link back at a kept version: ``version`` (a file name), or by default
     the one before the current. For when a passing build published something wrong."""
-    with idle_warehouse(settings, "tributary publish restore"):
+    with idle_warehouse(settings, command("tributary", "publish", "restore")):
         kept = versions(settings)
         serving = current(settings)
         names = ", ".join(path.name for path in kept) or "none"

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 
+from tributary.commands import command
 from tributary.settings import ConfigurationError, Settings
 
 # What DuckDB says when the bytes of a database file (or its write-ahead log) are not a
@@ -23,7 +24,7 @@ CORRUPT_MESSAGES = (
     "corrupt wal file",
     "failure while replaying wal",
 )
-RESTORE_COMMAND = "tributary warehouse restore"
+RESTORE_COMMAND = command("tributary", "warehouse", "restore")
 
 
 class WarehouseUnreadable(ConfigurationError):

@@ -5,8 +5,10 @@ contract, a package that cannot be normalised, a mass delete — and what must h
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +23,7 @@ from demo.generate import generate
 from demo.simulate import simulate
 from ingestion.guards import GuardError
 from ingestion.payments import payments
-from ingestion.pipeline import ACCEPTED_VALUES, make_pipeline, run_source
+from ingestion.pipeline import ACCEPTED_VALUES, PipelineFailed, make_pipeline, run_source
 from ingestion.replay import replay_quarantined
 from tests.ingestion.test_shop import SCHEMA
 from tributary.settings import Settings
@@ -465,23 +467,16 @@ def test_a_load_the_warehouse_refuses_never_wedges_the_pipeline(sample: Settings
     any row the warehouse refuses) once left its package pending, retried and failing on
     every run even after the source was fixed. Now the package is aborted and its cursors
     restored: each run reads the source again, and loads once the cause is gone."""
-    with duckdb.connect(str(sample.warehouse)) as warehouse:
-        columns = warehouse.sql("describe raw_shop.orders").fetchall()
-        definition = ", ".join(f'"{name}" {kind}' for name, kind, *_ in columns)
-        warehouse.execute(
-            "alter table raw_shop.orders rename to orders_before;"
-            f"create table raw_shop.orders ({definition}, check (status <> 'returned'));"
-            "insert into raw_shop.orders select * from raw_shop.orders_before "
-            "where status <> 'returned'; drop table raw_shop.orders_before;"
-        )
+    _refuse_returned_orders(sample)
     stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"  # after the cursor: read next run
     _shop(
         sample, f"update orders set status = 'returned', updated_at = '{stamp}' where order_id = 1;"
     )
     cursor = _cursor(sample, "orders")
     for _ in range(2):
-        with pytest.raises(Exception, match="CHECK constraint failed"):
+        with pytest.raises(PipelineFailed, match="CHECK constraint failed") as failure:
             run_source("shop", sample)
+        assert "`" not in str(failure.value)  # nothing pending: no command to suggest
         assert not make_pipeline("shop", sample).has_pending_data
         assert _cursor(sample, "orders") == cursor
 
@@ -519,3 +514,61 @@ def test_replay_loads_the_rows_that_pass_the_contract_now(
     state = make_pipeline("payments", api).state["sources"]["payments"]["resources"]
     assert replay_quarantined("payments", api).replayed == {}
     assert make_pipeline("payments", api).state["sources"]["payments"]["resources"] == state
+
+
+def _refuse_returned_orders(settings: Settings) -> None:
+    """Give raw_shop.orders a CHECK constraint: the warehouse refuses a returned order, as it
+    would refuse any row it cannot take."""
+    with duckdb.connect(str(settings.warehouse)) as warehouse:
+        columns = warehouse.sql("describe raw_shop.orders").fetchall()
+        definition = ", ".join(f'"{name}" {kind}' for name, kind, *_ in columns)
+        warehouse.execute(
+            "alter table raw_shop.orders rename to orders_before;"
+            f"create table raw_shop.orders ({definition}, check (status <> 'returned'));"
+            "insert into raw_shop.orders select * from raw_shop.orders_before "
+            "where status <> 'returned'; drop table raw_shop.orders_before;"
+        )
+
+
+def test_a_failed_load_explains_itself_and_its_commands_work_as_printed(
+    sample: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dlt's own message is a traceback ending in commands that fail for tributary's pipelines
+    (they need --pipelines-dir). Here the package is kept pending (auto-abort switched off, as
+    a deployment may), and the commands the error prints are run as printed."""
+    _refuse_returned_orders(sample)
+    stamp = f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"
+    _shop(
+        sample, f"update orders set status = 'returned', updated_at = '{stamp}' where order_id = 2;"
+    )
+    monkeypatch.setenv("LOAD__AUTO_ABORT_ON_TERMINAL_ERROR", "false")
+    with pytest.raises(PipelineFailed) as failure:
+        run_source("shop", sample)
+    message = str(failure.value)
+    assert message.startswith("tributary_shop: dlt's load step failed: ")
+    assert "Constraint Error: CHECK constraint failed on table orders" in message
+    assert "Traceback" not in message
+    info, abort = re.findall(r"`([^`]+)`", message)
+    shown = subprocess.run(info, shell=True, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    [pending] = make_pipeline("shop", sample).list_normalized_load_packages()
+    assert pending in shown.stdout
+    # at a terminal, as a person would (dlt asks before aborting; `script` gives it a tty)
+    aborted = subprocess.run(
+        ["script", "-qec", abort, "/dev/null"],
+        input="y\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert aborted.returncode == 0, aborted.stdout + aborted.stderr
+    assert not make_pipeline("shop", sample).has_pending_data, aborted.stdout + aborted.stderr
+    # the cursors went back with the package: once the cause is gone, the row arrives
+    _shop(
+        sample,
+        f"update orders set status = 'completed', updated_at = '{stamp}' where order_id = 2;",
+    )
+    run_source("shop", sample)
+    assert _query(sample, "select status from raw_shop.orders where order_id = 2") == [
+        ("completed",)
+    ]

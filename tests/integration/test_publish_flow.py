@@ -6,6 +6,8 @@ corrupt working warehouse names its setting and comes back with one command."""
 
 from __future__ import annotations
 
+import re
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -28,6 +30,7 @@ from tributary.cli import app
 from tributary.publish import Publication, current
 from tributary.report import RunReport
 from tributary.settings import Settings, get_settings
+from tributary.warehouse import RESTORE_COMMAND
 
 pytestmark = pytest.mark.integration
 
@@ -299,9 +302,11 @@ def corrupted(shop: Shop, selective_build: SelectiveBuild) -> Corrupted:
         warehouse.truncate(1000)
     with pytest.raises(StepFailed) as failure:
         elt()
-    restore = CliRunner().invoke(app, ["warehouse", "restore"])
-    assert restore.exit_code == 0, restore.output
-    return Corrupted(failure.value, restore.output, restored_from, elt())
+    # the command exactly as the error prints it, run by a shell as a user would
+    [printed] = re.findall(r"`([^`]*warehouse restore)`", str(failure.value))
+    restore = subprocess.run(printed, shell=True, capture_output=True, text=True, timeout=300)
+    assert restore.returncode == 0, restore.stdout + restore.stderr
+    return Corrupted(failure.value, restore.stdout, restored_from, elt())
 
 
 def test_a_corrupt_warehouse_names_its_setting_and_one_command_brings_it_back(
@@ -311,7 +316,7 @@ def test_a_corrupt_warehouse_names_its_setting_and_one_command_brings_it_back(
     message = str(corrupted.error)
     assert message.startswith("ingest shop: WarehouseUnreadable: TRIBUTARY_WAREHOUSE_PATH: ")
     assert f"{warehouse} is not a readable DuckDB database" in message
-    assert "`tributary warehouse restore`" in message
+    assert f"`{RESTORE_COMMAND}`" in message
     assert "credentials" not in message and "internet" not in message
 
     output = corrupted.restore_output

@@ -29,7 +29,12 @@ from tributary.publish import (
 )
 from tributary.report import RunReport
 from tributary.settings import ConfigurationError, Settings
-from tributary.warehouse import WarehouseBusy, WarehouseUnreadable, check_warehouse
+from tributary.warehouse import (
+    RESTORE_COMMAND,
+    WarehouseBusy,
+    WarehouseUnreadable,
+    check_warehouse,
+)
 
 MARTS = {"marts.fct_orders", "marts.dim_customers", "marts.fct_daily_revenue"}
 # The marts' figures must agree with each other in every published set.
@@ -327,7 +332,7 @@ def test_a_truncated_warehouse_names_the_setting_and_the_way_back(settings: Sett
         check_warehouse(settings)
     message = str(failure.value)
     assert f"TRIBUTARY_WAREHOUSE_PATH: {settings.warehouse} is not a readable DuckDB" in message
-    assert "`tributary warehouse restore`" in message
+    assert f"`{RESTORE_COMMAND}`" in message
     assert not is_transient(failure.value)
 
 
