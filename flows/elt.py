@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 from datetime import date
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.hooks import notify_failure, notify_warnings
 from flows.publish import publish_marts, say_not_published
-from ingestion.guards import GuardError
+from ingestion.guards import DeletesStopped, GuardError
 from ingestion.pipeline import (
     SOURCE_NAMES,
     WINDOWED_SOURCES,
@@ -22,6 +23,7 @@ from ingestion.pipeline import (
     SourceName,
     run_source,
 )
+from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.report import RunReport
@@ -110,6 +112,28 @@ class StepFailed(RuntimeError):
         self.step = step
 
 
+def _confirmed(params: EltParameters) -> str:
+    """The command that runs this run again with ``confirm_deletes``: its deployment with its
+    parameters, or ``tributary run`` for a run started here."""
+    deployment = prefect.runtime.deployment.name
+    if deployment:
+        again = params.model_dump(mode="json", exclude_defaults=True) | {"confirm_deletes": True}
+        return command(
+            "prefect",
+            "deployment",
+            "run",
+            f"elt/{deployment}",
+            "--params",
+            json.dumps({"params": again}),
+        )
+    return command(
+        "tributary",
+        "run",
+        *(f"--source={source}" for source in params.sources),
+        "--confirm-deletes",
+    )
+
+
 @task(
     task_run_name="ingest-{source}",
     retries=3,
@@ -177,7 +201,12 @@ def elt(params: EltParameters | None = None) -> RunReport:
             except Exception as exc:
                 if isinstance(exc, GuardError) and exc.load is not None:
                     loads.append(exc.load)  # it stopped after loading: its history counts
-                raise StepFailed(f"ingest {source}", exc) from exc
+                note = None
+                if isinstance(exc, DeletesStopped):
+                    note = (
+                        f"If the source really lost those rows, delete them: `{_confirmed(params)}`"
+                    )
+                raise StepFailed(f"ingest {source}", exc, note=note) from exc
             loads.append(load)
             logger.info(
                 "ingest %s: %d rows into %s (%s)",

@@ -43,6 +43,11 @@ class GuardError(RuntimeError):
         return (type(self), (str(self), self.load))
 
 
+class DeletesStopped(GuardError):
+    """A load would have deleted more of a table than the delete guard allows; nothing was
+    deleted. Running again with ``confirm_deletes`` goes ahead."""
+
+
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 # The same words every run, so that a row sent again is counted, not quarantined anew.
 FUTURE = "is beyond now plus the tolerance (TRIBUTARY_CURSOR_FUTURE_TOLERANCE_SECONDS)"

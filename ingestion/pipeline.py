@@ -24,7 +24,7 @@ from sqlalchemy.engine import URL
 from ingestion import drift, guards
 from ingestion.drift import SchemaChange
 from ingestion.fx import fx
-from ingestion.guards import Contract, GuardError
+from ingestion.guards import Contract, DeletesStopped, GuardError
 from ingestion.payments import payments
 from ingestion.payments.settings import ACCEPTED_VALUES as PAYMENTS_ACCEPTED_VALUES
 from ingestion.quarantine import Journal, QuarantineCount, Rejected
@@ -853,7 +853,7 @@ def load_source(
                 # again, and finds the rows back if their deletion was a mistake.
                 pipeline.abort_packages()
                 _counts_path(settings, pipeline).unlink(missing_ok=True)
-                raise GuardError(_stopped(stops))
+                raise DeletesStopped(_stopped(stops))
             info: LoadInfo = pipeline.load()
             _counts_path(settings, pipeline).unlink(missing_ok=True)
             if shop_url:
@@ -893,7 +893,7 @@ def load_source(
     )
     problems = stops + _quarantine_problems(pipeline.dataset_name, quarantined, loaded, settings)
     if problems:
-        raise GuardError(_stopped(problems), load=result)
+        raise (DeletesStopped if stops else GuardError)(_stopped(problems), load=result)
     return result
 
 

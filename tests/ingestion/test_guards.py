@@ -17,6 +17,7 @@ from typing import Any
 import duckdb
 import pytest
 from dlt.load.load import Load
+from typer.testing import CliRunner
 
 from demo.api import serve_in_background
 from demo.generate import generate
@@ -26,7 +27,8 @@ from ingestion.payments import payments
 from ingestion.pipeline import ACCEPTED_VALUES, PipelineFailed, make_pipeline, run_source
 from ingestion.replay import replay_quarantined
 from tests.ingestion.test_shop import SCHEMA
-from tributary.settings import Settings
+from tributary.cli import app
+from tributary.settings import Settings, get_settings
 
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 RECENT = (NOW - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
@@ -500,16 +502,30 @@ def test_replay_loads_the_rows_that_pass_the_contract_now(
     monkeypatch.setitem(
         ACCEPTED_VALUES["payments"]["payments"], "currency", ("USD", "EUR", "GBP", "XYZ")
     )
-    result = replay_quarantined("payments", api)
-    assert result.replayed == {"payments": 1}
-    assert sum(result.still_failing.values()) == len(BAD_PAYMENTS) - 1
-    assert ("payments", "amount is missing") in result.still_failing
+    # As an operator would: list, then replay, from the command line.
+    monkeypatch.setenv("TRIBUTARY_DATA_DIR", str(api.data_dir))
+    monkeypatch.setenv("TRIBUTARY_PAYMENTS_API_URL", api.payments_api_url)
+    get_settings.cache_clear()
+    listed = CliRunner().invoke(app, ["quarantine", "list", "--source", "payments"])
+    assert listed.exit_code == 0, listed.output
+    assert f"Quarantined rows ({len(BAD_PAYMENTS)})" in listed.output
+    assert (
+        """payments.payments {"payment_id":"p-xyz"}: currency 'XYZ' is not one of USD, EUR, GBP"""
+        in listed.output
+    )
+    replayed = CliRunner().invoke(app, ["quarantine", "replay", "payments"])
+    get_settings.cache_clear()
+    assert replayed.exit_code == 0, replayed.output
+    assert "replayed      payments.payments: 1 row(s) loaded" in replayed.output
+    assert "still failing payments.payments: 1 row(s): amount is missing" in replayed.output
     [(currency, amount)] = _query(
         api, "select currency, amount from raw_payments.payments where payment_id = 'p-xyz'"
     )
     assert (currency, amount) == ("XYZ", 1200)
     [(closed,)] = _query(api, "select count(*) from quarantine.rows where replayed_at is not null")
     assert closed == 1
+    listed = CliRunner().invoke(app, ["quarantine", "list"])
+    assert f"Quarantined rows ({len(BAD_PAYMENTS) - 1})" in listed.output
     # The cursor did not move: the next run reads what it would have read anyway.
     state = make_pipeline("payments", api).state["sources"]["payments"]["resources"]
     assert replay_quarantined("payments", api).replayed == {}

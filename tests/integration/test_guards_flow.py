@@ -6,7 +6,9 @@ the second stops before deleting, alerts, and keeps what readers see."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,3 +137,22 @@ def test_an_emptied_source_table_stops_before_deleting_and_alerts(
         "select status, error from ops.pipeline_runs order by started_at desc limit 1"
     )
     assert status == "failed" and "would delete" in error
+
+
+def test_the_confirming_command_works_as_printed(
+    stack: Stack, poisoned_run: tuple[RunReport, SimulationResult]
+) -> None:
+    """After the stop above: the command the failure printed, run by a shell as a user would,
+    deletes what the source lost and publishes marts that say so."""
+    with pytest.raises(StepFailed) as failure:
+        elt()
+    [printed] = re.findall(r"`([^`]*--confirm-deletes)`", str(failure.value))
+    confirmed = subprocess.run(printed, shell=True, capture_output=True, text=True, timeout=900)
+    assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
+    assert stack.query("select count(*) from raw_shop.orders") == [(0,)]
+    assert stack.query("select count(*) from marts.fct_orders", stack.settings.published) == [(0,)]
+    [(deleted,)] = stack.query(
+        "select rows_deleted from ops.table_loads where table_name = 'orders' "
+        "order by loaded_at desc limit 1"
+    )
+    assert deleted > 0
