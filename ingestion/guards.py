@@ -165,7 +165,8 @@ def _arrow_checks(contract: Contract, table: pa.Table) -> tuple[pa.Array, list[s
     for name, allowed in contract.accepted_values.items():
         if name in table.column_names:
             column = table[name]
-            outside = pc.invert(pc.is_in(column, value_set=pa.array(list(allowed), column.type)))
+            kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+            outside = pc.invert(pc.is_in(column, value_set=pa.array(list(allowed), kind)))
             checks.append(
                 (
                     pc.and_(outside, pc.is_valid(column)),

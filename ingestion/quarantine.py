@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -84,20 +85,28 @@ class Journal:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._file: Path | None = None
+        # Tables extract in parallel threads, each guard appending to the same file.
+        self._lock = threading.Lock()
 
     def append(self, rows: Sequence[Rejected]) -> None:
         if not rows:
             return
-        if self._file is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = self.folder / f"extracting-{uuid.uuid4().hex}.jsonl"
-        with self._file.open("a") as handle:
-            handle.write("".join(row.line(None) + "\n" for row in rows))
-            handle.flush()
-            os.fsync(handle.fileno())
+        text = "".join(row.line(None) + "\n" for row in rows)
+        with self._lock:
+            if self._file is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._file = self.folder / f"extracting-{uuid.uuid4().hex}.jsonl"
+            with self._file.open("a") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
 
     def seal(self, load_id: str | None) -> None:
         """The extraction committed ``load_id``: name the file for it (and stamp its lines)."""
+        with self._lock:
+            self._seal(load_id)
+
+    def _seal(self, load_id: str | None) -> None:
         if self._file is None:
             return
         lines = [json.loads(line) for line in self._file.read_text().splitlines() if line]
