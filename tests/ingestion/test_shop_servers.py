@@ -257,3 +257,27 @@ def test_a_first_load_that_dies_after_planning_its_stream_recovers_by_itself(
         _assert_raw_equals_source(settings, shop_url)
         run_source("shop", settings)
         _assert_raw_equals_source(settings, shop_url)
+
+
+def test_a_cursor_from_the_future_on_a_postgresql_whole_table_read(tmp_path: Path) -> None:
+    """The bulk path reads only a table's newest rows through dlt; a row stamped in 2099 once
+    was those newest rows: quarantined, it would have left the cursor unset and the rest of the
+    table never streamed. Newest now means newest not beyond now plus the tolerance."""
+    with throwaway_database("postgresql") as shop_url:
+        settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+        generate(shop_url, settings.demo_api_db, orders=200, seed=57)
+        engine = create_engine(shop_url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text("update orders set updated_at = '2099-01-01' where order_id = 5")
+                )
+        finally:
+            engine.dispose()
+        load = run_source("shop", settings)
+        assert [(c.table, c.rows) for c in load.quarantined] == [("orders", 1)]
+        raw = _raw_rows(settings, "orders")
+        source = _source_rows(shop_url, "orders")
+        assert raw.keys() == source.keys() - {5}
+        assert all(raw[key] == source[key] for key in raw)
+        assert not bulk.plan_path(settings.pipelines_dir, "tributary_shop").exists()
