@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -215,5 +215,19 @@ class ConfigurationError(ValueError):
 
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return Settings()
+    """The process-wide settings, read once from the environment.
+
+    Invalid settings raise ``ConfigurationError`` naming each setting and what is wrong, never
+    pydantic's ``ValidationError``: that one carries its input, every setting read (the shop
+    URL with its password, the webhook URL, the SMTP password) — cut short in its message,
+    printed and logged, and whole in its data, which Prefect keeps as a failed run's result.
+    The new error is raised outside the ``except`` so that it does not hold the old one."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            (f"TRIBUTARY_{'_'.join(map(str, error['loc'])).upper()}: " if error["loc"] else "")
+            + error["msg"].removeprefix("Value error, ")
+            for error in exc.errors(include_input=False, include_url=False)
+        ]
+    raise ConfigurationError("invalid settings: " + "; ".join(problems))

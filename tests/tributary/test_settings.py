@@ -1,9 +1,10 @@
+import pickle
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from tributary.settings import Settings
+from tributary.settings import ConfigurationError, Settings, get_settings
 
 
 def test_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
@@ -32,3 +33,28 @@ def test_a_bad_api_url_names_the_setting() -> None:
 def test_smtp_without_recipients_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="TRIBUTARY_ALERT_EMAIL_TO"):
         Settings(smtp_host="127.0.0.1")
+
+
+def test_invalid_settings_are_named_without_the_secrets_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pydantic's error holds every setting read; the one raised instead holds none."""
+    secrets = ["db-s3cret", "smtp-s3cret", "hook-s3cret"]
+    monkeypatch.setenv("TRIBUTARY_SHOP_URL", f"postgresql://reader:{secrets[0]}@db/shop")
+    monkeypatch.setenv("TRIBUTARY_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("TRIBUTARY_SMTP_PASSWORD", secrets[1])
+    monkeypatch.setenv("TRIBUTARY_SLACK_WEBHOOK_URL", f"https://hooks.example/{secrets[2]}")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(ConfigurationError) as raised:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    message = str(raised.value)
+    assert message.startswith(
+        "invalid settings: TRIBUTARY_ALERT_EMAIL_TO: TRIBUTARY_SMTP_HOST is set but no recipient"
+    )
+    assert raised.value.__context__ is None and raised.value.__cause__ is None
+    kept = pickle.dumps(raised.value)  # as Prefect keeps a failed run's result
+    for secret in secrets:
+        assert secret not in message and secret.encode() not in kept
