@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from demo import paths
 from tributary.settings import get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -20,7 +21,9 @@ def generate(
     orders: int = typer.Option(10_000, help="Orders to generate (≥ 1M for benchmarks)."),
     seed: int = typer.Option(42, help="Same seed, same shop."),
     replace: bool = typer.Option(False, help="Overwrite an existing shop."),
-    shop_url: str | None = typer.Option(None, help="SQLAlchemy URL; default from settings."),
+    shop_url: str | None = typer.Option(
+        None, help="SQLAlchemy URL; default TRIBUTARY_SHOP_URL, else data/shop.sqlite."
+    ),
     api_db: Path | None = typer.Option(None, help="Payments store; default from settings."),
 ) -> None:
     """Create the shop database and the payment provider's store."""
@@ -29,7 +32,7 @@ def generate(
     settings = get_settings()
     started = time.monotonic()
     summary = run(
-        shop_url or settings.shop_connection_url,
+        shop_url or paths.shop_url(settings),
         api_db or settings.demo_api_db,
         orders=orders,
         seed=seed,
@@ -42,7 +45,9 @@ def generate(
 @app.command()
 def simulate(
     seed: int = typer.Option(0, help="Seed of this step."),
-    shop_url: str | None = typer.Option(None, help="SQLAlchemy URL; default from settings."),
+    shop_url: str | None = typer.Option(
+        None, help="SQLAlchemy URL; default TRIBUTARY_SHOP_URL, else data/shop.sqlite."
+    ),
     api_db: Path | None = typer.Option(None, help="Payments store; default from settings."),
     deletes: bool = typer.Option(
         False, help="Also soft-delete customers and products and hard-delete unpaid orders."
@@ -53,7 +58,7 @@ def simulate(
 
     settings = get_settings()
     result = run(
-        shop_url or settings.shop_connection_url,
+        shop_url or paths.shop_url(settings),
         api_db or settings.demo_api_db,
         seed=seed,
         deletes=deletes,

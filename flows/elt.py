@@ -15,14 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.hooks import notify_failure, notify_warnings
 from flows.publish import publish_marts, say_not_published
+from ingestion import registry
 from ingestion.guards import DeletesStopped, GuardError
-from ingestion.pipeline import (
-    SOURCE_NAMES,
-    WINDOWED_SOURCES,
-    SourceLoad,
-    SourceName,
-    run_source,
-)
+from ingestion.pipeline import SourceLoad, run_source
 from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.errors import retry_if_transient
@@ -36,8 +31,15 @@ class EltParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sources: list[SourceName] = Field(
-        default_factory=lambda: list(SOURCE_NAMES), description="Sources to ingest, in order."
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Sources to ingest, in order, by their names in the sources file; empty: "
+        "every declared source (or every one with one of `tags`).",
+    )
+    tags: list[str] = Field(
+        default_factory=list,
+        description="Ingest the declared sources that carry any of these tags (with `sources` "
+        "empty), e.g. [intraday].",
     )
     window_start: date | None = Field(
         default=None,
@@ -49,15 +51,15 @@ class EltParameters(BaseModel):
     full_refresh: list[str] = Field(
         default_factory=list,
         description="Drop and reload these tables from scratch: `source` (all its tables) or "
-        "`source.table`, e.g. `shop.orders`. Needs confirm_full_refresh.",
+        "`source.table`. Needs confirm_full_refresh.",
     )
     confirm_full_refresh: bool = Field(
         default=False, description="Set to true to go ahead with full_refresh."
     )
     reconcile_deletes: bool | None = Field(
         default=None,
-        description="Delete warehouse rows whose key the shop database no longer holds (one "
-        "key scan per table); default TRIBUTARY_SHOP_RECONCILE_DELETES.",
+        description="Delete warehouse rows whose key a source database no longer holds (one "
+        "key scan per table); default: each table's `reconcile_deletes` in the sources file.",
     )
     confirm_deletes: bool = Field(
         default=False,
@@ -75,12 +77,20 @@ class EltParameters(BaseModel):
             raise ValueError(
                 f"window_start ({self.window_start}) must be before window_end ({self.window_end})"
             )
+        settings = get_settings()
+        registry.check_names(self.sources, settings, "sources")
+        selected = self.selected()
+        if not selected:
+            raise ValueError(
+                f"tags: no declared source is tagged {' or '.join(self.tags)}; the tags in "
+                f"{settings.sources_path} are {', '.join(registry.all_tags(settings)) or 'none'}"
+            )
         for entry in self.full_refresh:
             source = entry.split(".", 1)[0]
-            if source not in self.sources:
+            if source not in selected:
                 raise ValueError(
                     f"full_refresh: {entry!r} is not in a source this run ingests "
-                    f"({', '.join(self.sources)})"
+                    f"({', '.join(selected)})"
                 )
         if self.full_refresh and not self.confirm_full_refresh:
             raise ValueError(
@@ -89,7 +99,16 @@ class EltParameters(BaseModel):
             )
         return self
 
-    def refresh_of(self, source: SourceName) -> tuple[bool, list[str]]:
+    def selected(self) -> list[str]:
+        """The sources this run ingests, in order."""
+        if self.sources:
+            return list(self.sources)
+        settings = get_settings()
+        if self.tags:
+            return [name for tag in self.tags for name in registry.tagged(settings, tag)]
+        return registry.source_names(settings)
+
+    def refresh_of(self, source: str) -> tuple[bool, list[str]]:
         """(whole source?, tables) to drop and reload for one source."""
         whole = source in self.full_refresh
         tables = [e.split(".", 1)[1] for e in self.full_refresh if e.startswith(f"{source}.")]
@@ -129,7 +148,7 @@ def _confirmed(params: EltParameters) -> str:
     return command(
         "tributary",
         "run",
-        *(f"--source={source}" for source in params.sources),
+        *(f"--source={source}" for source in params.selected()),
         "--confirm-deletes",
     )
 
@@ -143,7 +162,7 @@ def _confirmed(params: EltParameters) -> str:
     timeout_seconds=3600,
 )
 def ingest(
-    source: SourceName,
+    source: str,
     full_refresh: bool = False,
     refresh_tables: list[str] | None = None,
     window: tuple[date, date] | None = None,
@@ -151,7 +170,7 @@ def ingest(
     confirm_deletes: bool = False,
 ) -> SourceLoad:
     """One dlt pipeline run; a retry first loads what the failed attempt left pending."""
-    bounds = _window_bounds(source, window) if window else None
+    bounds = (window[0].isoformat(), window[1].isoformat()) if window else None
     return run_source(
         source,
         get_settings(),
@@ -161,14 +180,6 @@ def ingest(
         reconcile_deletes=reconcile_deletes,
         confirm_deletes=confirm_deletes,
     )
-
-
-def _window_bounds(source: SourceName, window: tuple[date, date]) -> tuple[str, str]:
-    """The window as the source's cursor values: timestamps (UTC) or dates."""
-    start, end = window
-    if source == "payments":
-        return f"{start.isoformat()}T00:00:00Z", f"{end.isoformat()}T00:00:00Z"
-    return start.isoformat(), end.isoformat()
 
 
 @flow(
@@ -187,14 +198,14 @@ def elt(params: EltParameters | None = None) -> RunReport:
     loads: list[SourceLoad] = []
     window = params.window()
     try:
-        for source in params.sources:
+        for source in params.selected():
             whole, tables = params.refresh_of(source)
             try:
                 load = ingest(
                     source,
                     full_refresh=whole,
                     refresh_tables=tables,
-                    window=window if source in WINDOWED_SOURCES else None,
+                    window=window if window and registry.windowed(source, settings) else None,
                     reconcile_deletes=params.reconcile_deletes,
                     confirm_deletes=params.confirm_deletes,
                 )

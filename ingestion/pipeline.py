@@ -6,7 +6,7 @@ import gzip
 import json
 import re
 import shutil
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,32 +14,25 @@ from typing import Any, Literal
 
 import dlt
 import pyarrow.parquet as pq
-from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.json import json as dlt_json
 from dlt.common.pipeline import LoadInfo
 from dlt.extract import DltSource
 from dlt.pipeline.exceptions import PipelineStepFailed
 from sqlalchemy.engine import URL
 
-from ingestion import drift, guards
+from ingestion import drift, guards, registry
 from ingestion.drift import SchemaChange
-from ingestion.fx import fx
 from ingestion.guards import Contract, DeletesStopped, GuardError
-from ingestion.payments import payments
-from ingestion.payments.settings import ACCEPTED_VALUES as PAYMENTS_ACCEPTED_VALUES
 from ingestion.quarantine import Journal, QuarantineCount, Rejected
 from ingestion.quarantine import flush as flush_quarantine
-from ingestion.shop import bulk, database_url, shop
-from ingestion.shop.keys import KeySnapshot, delete_missing, missing_keys
-from ingestion.shop.keys import snapshot as key_snapshot
-from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
+from ingestion.registry import Built
+from ingestion.sql_database import bulk
+from ingestion.sql_database.keys import KeySnapshot, delete_missing, missing_keys
+from ingestion.sql_database.keys import snapshot as key_snapshot
 from tributary.commands import command
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 from tributary.warehouse import check_warehouse
-
-SourceName = Literal["shop", "payments", "fx"]
-SOURCE_NAMES: tuple[SourceName, ...] = ("shop", "payments", "fx")
 
 
 @dataclass(frozen=True)
@@ -77,63 +70,11 @@ class SourceLoad:
         return sum(count.rows for count in self.quarantined)
 
 
-def dataset_name(source: SourceName) -> str:
+def dataset_name(source: str) -> str:
     return f"raw_{source}"
 
 
-def _shop_credentials(settings: Settings) -> str:
-    """The shop database URL: ``TRIBUTARY_SHOP_URL``, else dlt's ``sources.shop.credentials``
-    secret, else the SQLite file (which must exist)."""
-    if settings.shop_url is not None:
-        return settings.shop_connection_url
-    secret = dlt.secrets.get("sources.shop.credentials")
-    if secret is not None:
-        credentials = ConnectionStringCredentials()
-        if isinstance(secret, str):
-            credentials.parse_native_representation(secret)
-        else:
-            credentials.update(secret)
-        return credentials.to_native_representation()
-    path = settings.shop_sqlite_path
-    if not path.is_file():
-        raise ConfigurationError(
-            f"TRIBUTARY_SHOP_DB_PATH: no shop database at {path}. Generate the sample shop "
-            "with `python -m demo generate`, or point TRIBUTARY_SHOP_URL at your database."
-        )
-    return settings.shop_connection_url
-
-
-def _shop_source(settings: Settings, bulk_tables: Collection[str] = ()) -> DltSource:
-    options = {"tables": settings.shop_tables} if settings.shop_tables else {}
-    return shop(
-        credentials=_shop_credentials(settings),
-        lag_seconds=settings.shop_lag_seconds,
-        bulk_tables=bulk_tables,
-        **options,
-    )
-
-
-SOURCE_FACTORIES: dict[SourceName, Callable[[Settings], DltSource]] = {
-    "shop": _shop_source,
-    "payments": lambda settings: payments(base_url=settings.payments_api_url),
-    "fx": lambda settings: fx(base_url=settings.fx_api_url),
-}
-# Sources whose tables mirror a database's: a table read whole replaces its warehouse copy.
-MIRRORED_SOURCES: frozenset[SourceName] = frozenset({"shop"})
-# Columns whose values a source promises to keep within a set: a row outside is quarantined.
-ACCEPTED_VALUES: dict[SourceName, dict[str, dict[str, tuple[str, ...]]]] = {
-    "payments": PAYMENTS_ACCEPTED_VALUES
-}
-# Sources that take a backfill window: (ISO start, ISO end) over their incremental cursor.
-WINDOWED_SOURCES: dict[SourceName, Callable[[Settings, tuple[str, str]], DltSource]] = {
-    "payments": lambda settings, window: payments(
-        base_url=settings.payments_api_url, window=window
-    ),
-    "fx": lambda settings, window: fx(base_url=settings.fx_api_url, window=window),
-}
-
-
-def make_pipeline(source: SourceName, settings: Settings) -> dlt.Pipeline:
+def make_pipeline(source: str, settings: Settings) -> dlt.Pipeline:
     """One pipeline per source; its local state lives under the settings' data directory so
     separate warehouses (tests, environments) never share incremental state."""
     settings.warehouse.parent.mkdir(parents=True, exist_ok=True)
@@ -285,25 +226,24 @@ def _full_reads(pipeline: dlt.Pipeline, dlt_source: DltSource, refresh: str | No
     return {table for table in selected if not state.get(table, {}).get("incremental")}
 
 
-def _bulk_eligible(dlt_source: DltSource, full_reads: set[str]) -> set[str]:
-    """Whole-table reads that can stream: those with a primary key."""
+def _bulk_eligible(built: Built, full_reads: set[str]) -> set[str]:
+    """Whole-table reads that can stream: merged on a key, incremental on a cursor."""
     return {
         table
         for table in full_reads
-        if any(
-            column.get("primary_key")
-            for column in dlt_source.resources[table].compute_table_schema()["columns"].values()
-        )
+        if (plan := built.plans[table]).mode == "merge" and plan.keys and plan.cursor
     }
 
 
-def _bulk_reads(pipeline: dlt.Pipeline, source_name: str, tables: set[str]) -> list[bulk.BulkRead]:
+def _bulk_reads(pipeline: dlt.Pipeline, built: Built, tables: set[str]) -> list[bulk.BulkRead]:
     """What to stream after the load: per table, the rows below the cursor dlt just set."""
     [load_id] = pipeline.list_normalized_load_packages()[-1:]
-    resources = pipeline.state.get("sources", {}).get(source_name, {}).get("resources", {})
+    resources = pipeline.state.get("sources", {}).get(built.name, {}).get("resources", {})
     reads = []
     for table in sorted(tables):
-        cursor = resources.get(table, {}).get("incremental", {}).get(CURSOR_COLUMN, {})
+        plan = built.plans[table]
+        assert plan.cursor is not None
+        cursor = resources.get(table, {}).get("incremental", {}).get(plan.cursor, {})
         if cursor.get("last_value") is None:  # an empty table: nothing below
             continue
         reads.append(
@@ -312,6 +252,9 @@ def _bulk_reads(pipeline: dlt.Pipeline, source_name: str, tables: set[str]) -> l
                 load_id=load_id,
                 below=bulk.cursor_value(cursor["last_value"]),
                 keys=_key_columns(pipeline, table),
+                cursor=plan.cursor,
+                soft_delete=plan.soft_delete if plan.delete_flagged else None,
+                schema=built.db_schema,
             )
         )
     return reads
@@ -361,10 +304,10 @@ def _finish_bulk_plan(pipeline: dlt.Pipeline, url: URL, plan: Path) -> None:
         plan.unlink(missing_ok=True)
 
 
-def _contracts(source: SourceName, dlt_source: DltSource, cursor_limit: datetime) -> list[Contract]:
+def _contracts(built: Built, dlt_source: DltSource, cursor_limit: datetime) -> list[Contract]:
     """What each selected table's rows must satisfy: a key, a cursor not beyond
     ``cursor_limit``, the declared column types, the accepted values."""
-    accepted = ACCEPTED_VALUES.get(source, {})
+    accepted = built.accepted_values
     contracts = []
     for name in dlt_source.resources.selected:
         resource = dlt_source.resources[name]
@@ -640,7 +583,7 @@ def _evolve(
 
 
 def run_source(
-    source: SourceName,
+    source: str,
     settings: Settings,
     **options: Any,
 ) -> SourceLoad:
@@ -685,7 +628,7 @@ def _explain(exc: PipelineStepFailed, source: str, settings: Settings) -> str:
 
 
 def load_source(
-    source: SourceName,
+    source: str,
     settings: Settings,
     *,
     full_refresh: bool = False,
@@ -698,9 +641,9 @@ def load_source(
 
     ``full_refresh`` drops all the source's tables and incremental state first and reloads them;
     ``refresh_tables`` does that for the named tables only (and loads only them); ``window``
-    reloads an API source's [start, end) range without touching its incremental state.
-    ``reconcile_deletes`` (default ``TRIBUTARY_SHOP_RECONCILE_DELETES``) deletes the shop's
-    hard-deleted rows after the load, at the cost of one key scan per table.
+    (ISO dates) reloads an API source's [start, end) range without touching its incremental
+    state. ``reconcile_deletes`` overrides the tables' declared ``reconcile_deletes`` (deleting
+    a database's hard-deleted rows after the load, at the cost of one key scan per table).
 
     Nothing is trusted blindly: rows that break the source's contract (no key, a cursor in the
     future, a wrong type, a value outside its set, a key sent twice) are quarantined instead of
@@ -713,32 +656,15 @@ def load_source(
     nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
     instead of repeating it.
     """
-    unknown = sorted(set(settings.schema_contract) - set(SOURCE_NAMES))
-    if unknown:
-        raise ConfigurationError(
-            f"TRIBUTARY_SCHEMA_CONTRACT: no source {', '.join(unknown)}; the sources are "
-            f"{', '.join(SOURCE_NAMES)}"
-        )
+    registry.check_names(settings.schema_contract, settings, "TRIBUTARY_SCHEMA_CONTRACT")
     # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
     bulk_tables: set[str] = set()
     cursor_limit = datetime.now(UTC) + timedelta(seconds=settings.cursor_future_tolerance_seconds)
-    shop_url = database_url(_shop_credentials(settings)) if source == "shop" else None
-    if window is not None:
-        if source not in WINDOWED_SOURCES:
-            raise ConfigurationError(
-                f"{source}: a backfill window applies to {', '.join(WINDOWED_SOURCES)} only"
-            )
-        dlt_source = WINDOWED_SOURCES[source](settings, window)
-    elif source == "shop":
-        dlt_source = shop(
-            credentials=_shop_credentials(settings),
-            lag_seconds=settings.shop_lag_seconds,
-            bulk_tables=bulk_tables,
-            cursor_limit=cursor_limit,
-            **({"tables": settings.shop_tables} if settings.shop_tables else {}),
-        )
-    else:
-        dlt_source = SOURCE_FACTORIES[source](settings)
+    built = registry.build(
+        source, settings, window=window, bulk_tables=bulk_tables, cursor_limit=cursor_limit
+    )
+    dlt_source = built.source
+    db_url = built.url
     refresh: Literal["drop_sources", "drop_resources"] | None = None
     if full_refresh:
         refresh = "drop_sources"
@@ -751,8 +677,8 @@ def load_source(
             )
         dlt_source = dlt_source.with_resources(*refresh_tables)
         refresh = "drop_resources"
-    mirrored = source in MIRRORED_SOURCES
-    contract_mode = settings.schema_contract.get(source, "evolve")
+    mirrored = built.mirrored
+    contract_mode = settings.schema_contract.get(source, built.schema_contract)
     schema_changes: list[SchemaChange] = []
     # One run of a pipeline at a time: its working folder is not shared between processes.
     pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
@@ -764,8 +690,8 @@ def load_source(
             check_warehouse(settings)
             pipeline.sync_destination()
             resumed = pipeline.has_pending_data
-            if shop_url:  # an earlier run died between its load and its stream
-                _finish_bulk_plan(pipeline, shop_url, plan)
+            if db_url:  # an earlier run died between its load and its stream
+                _finish_bulk_plan(pipeline, db_url, plan)
         full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
@@ -776,21 +702,18 @@ def load_source(
                 full_reads = _full_reads(pipeline, dlt_source, refresh)
                 for table in full_reads:
                     # A whole table replaces the warehouse's copy: no merge staging to pay for.
-                    # It holds no soft-deleted rows, so there is nothing to delete either.
-                    resource = dlt_source.resources[table]
-                    columns = resource.compute_table_schema()["columns"]
-                    resource.apply_hints(
+                    # It holds no rows flagged deleted, so there is nothing to delete either.
+                    how = built.plans[table]
+                    if how.mode == "append":
+                        continue
+                    dlt_source.resources[table].apply_hints(
                         write_disposition="replace",
-                        columns={DELETED_COLUMN: {"hard_delete": False}}
-                        if DELETED_COLUMN in columns
+                        columns={how.soft_delete: {"hard_delete": False}}
+                        if how.delete_flagged and how.soft_delete
                         else None,
                     )
-            if (
-                shop_url
-                and settings.shop_bulk_reads
-                and shop_url.get_backend_name() == "postgresql"
-            ):
-                bulk_tables.update(_bulk_eligible(dlt_source, full_reads))
+            if db_url and built.bulk_reads and db_url.get_backend_name() == "postgresql":
+                bulk_tables.update(_bulk_eligible(built, full_reads))
             stored = {} if refresh else _stored_columns(pipeline)
             if mirrored:
                 for table in dlt_source.resources.selected:
@@ -802,7 +725,7 @@ def load_source(
                         drift.frozen_message(source, pipeline.dataset_name, schema_changes)
                     )
                 _evolve(pipeline, dlt_source, settings, schema_changes, stored)
-            for contract in _contracts(source, dlt_source, cursor_limit):
+            for contract in _contracts(built, dlt_source, cursor_limit):
                 guards.guard(dlt_source.resources[contract.table], contract, journal)
             try:
                 # parquet for every table, dicts too: the guards and the counts read it
@@ -824,20 +747,21 @@ def load_source(
                         drift.frozen_message(source, pipeline.dataset_name, schema_changes)
                     )
             if bulk_tables:
-                bulk.write_plan(plan, _bulk_reads(pipeline, dlt_source.name, bulk_tables))
+                bulk.write_plan(plan, _bulk_reads(pipeline, built, bulk_tables))
         _quarantine_duplicates(pipeline, journal, collapse_identical=not mirrored)
         tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
         # Keys are read after extraction: a key loaded now is in them unless deleted since.
         snapshots = (
             [
-                key_snapshot(shop_url, table, keys, _integer_key(pipeline, table))
+                key_snapshot(db_url, table, keys, _integer_key(pipeline, table), built.db_schema)
                 for table in tables
-                if table not in full_reads and (keys := _key_columns(pipeline, table))
+                if table in built.plans
+                and table not in full_reads
+                and built.plans[table].mode == "merge"
+                and (built.plans[table].reconcile_deletes if reconcile_deletes is None else True)
+                and (keys := _key_columns(pipeline, table))
             ]
-            if shop_url
-            and (
-                settings.shop_reconcile_deletes if reconcile_deletes is None else reconcile_deletes
-            )
+            if db_url and reconcile_deletes is not False
             else []
         )
         fresh = bool(refresh) and not resumed
@@ -856,8 +780,8 @@ def load_source(
                 raise DeletesStopped(_stopped(stops))
             info: LoadInfo = pipeline.load()
             _counts_path(settings, pipeline).unlink(missing_ok=True)
-            if shop_url:
-                _finish_bulk_plan(pipeline, shop_url, plan)
+            if db_url:
+                _finish_bulk_plan(pipeline, db_url, plan)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
             quarantined = _flush_journal(pipeline, source, journal)

@@ -19,8 +19,9 @@ from typing import Any
 import dlt
 from dlt.common import json
 
+from ingestion import registry
 from ingestion.guards import Contract, value_reasons
-from ingestion.pipeline import SOURCE_FACTORIES, SourceName, _contracts, _key_columns, make_pipeline
+from ingestion.pipeline import _contracts, _key_columns, make_pipeline
 from ingestion.quarantine import TABLE
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
@@ -82,12 +83,11 @@ def _keys_in_raw(
     return {_key_text(keys, dict(zip(keys, row, strict=True))) for row in rows}
 
 
-def replay_quarantined(
-    source: SourceName, settings: Settings, tables: Sequence[str] = ()
-) -> ReplayResult:
+def replay_quarantined(source: str, settings: Settings, tables: Sequence[str] = ()) -> ReplayResult:
     """Replays ``source``'s quarantined rows (of ``tables``, or all) that pass its contract
     now. Runs as a load does: holding the pipeline's lock, and the warehouse lock to write."""
-    dlt_source = SOURCE_FACTORIES[source](settings)
+    built = registry.build(source, settings)
+    dlt_source = built.source
     unknown = sorted(set(tables) - set(dlt_source.resources))
     if unknown:
         raise ConfigurationError(
@@ -95,7 +95,7 @@ def replay_quarantined(
             f"{', '.join(sorted(dlt_source.resources))}"
         )
     limit = datetime.now(UTC) + timedelta(seconds=settings.cursor_future_tolerance_seconds)
-    contracts = {contract.table: contract for contract in _contracts(source, dlt_source, limit)}
+    contracts = {contract.table: contract for contract in _contracts(built, dlt_source, limit)}
     result = ReplayResult()
     pipeline_lock = settings.pipelines_dir / f"tributary_{source}.lock"
     with file_lock(pipeline_lock, f"{source} pipeline", settings.lock_timeout_seconds):

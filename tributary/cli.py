@@ -49,6 +49,7 @@ def demo(
     """Generate (or move forward) the sample shop, serve its API, run `elt` once, summarise."""
     for name, value in {**PREFECT_DEFAULTS, **QUIET_DEMO}.items():
         os.environ.setdefault(name, value)
+    from demo import paths
     from demo.api import serve_in_background
     from demo.generate import generate
     from demo.simulate import simulate
@@ -58,8 +59,8 @@ def demo(
 
     guard_local_server()
     settings = get_settings()
-    shop_url = settings.shop_connection_url
-    if settings.shop_url is None and not settings.shop_sqlite_path.exists():
+    shop_url = paths.shop_url(settings)
+    if not paths.shop_exists(settings):
         console.print(f"Generating the sample shop ({orders:,} orders) at {shop_url} …")
         generate(shop_url, settings.demo_api_db, orders=orders, seed=seed, progress=True)
     else:
@@ -165,14 +166,14 @@ def run(
     from pydantic import ValidationError
 
     from flows.elt import EltParameters, elt
-    from ingestion.pipeline import SOURCE_NAMES
     from tributary.runs import guard_local_server
+    from tributary.settings import ConfigurationError
 
     try:
         params = EltParameters(
-            sources=source or list(SOURCE_NAMES), confirm_deletes=confirm_deletes
+            **({"sources": source} if source else {}), confirm_deletes=confirm_deletes
         )
-    except ValidationError as exc:
+    except (ValidationError, ConfigurationError) as exc:
         typer.echo(f"tributary run: {exc}", err=True)
         raise typer.Exit(code=2) from None
     guard_local_server()
@@ -357,15 +358,17 @@ def quarantine_replay(
 ) -> None:
     """Load the quarantined rows that pass the source's contract now (merged on their key, no
     cursor moves); rows whose key raw holds already are closed; the rest stay, with why."""
-    from ingestion.pipeline import SOURCE_NAMES
+    from ingestion import registry
     from ingestion.replay import replay_quarantined
     from tributary.settings import ConfigurationError, get_settings
 
-    if source not in SOURCE_NAMES:
-        typer.echo(f"No source {source!r}; the sources are {', '.join(SOURCE_NAMES)}", err=True)
-        raise typer.Exit(code=2)
     try:
-        result = replay_quarantined(source, get_settings(), table)  # type: ignore[arg-type]
+        registry.check_names([source], get_settings(), "tributary quarantine replay")
+    except ConfigurationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=2) from None
+    try:
+        result = replay_quarantined(source, get_settings(), table)
     except ConfigurationError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=1) from None

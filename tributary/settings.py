@@ -3,7 +3,7 @@
 Every value can be overridden by an environment variable prefixed ``TRIBUTARY_`` (for example
 ``TRIBUTARY_WAREHOUSE_PATH``) or a git-ignored ``.env`` file. Secrets that dlt needs (database
 credentials, API tokens) are read the dlt way instead: ``SOURCES__<SOURCE>__<KEY>`` environment
-variables or ``.dlt/secrets.toml``.
+variables or ``.dlt/secrets.toml``. The sources themselves are declared in ``sources.yml``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -34,40 +34,14 @@ class Settings(BaseSettings):
 
     env: Literal["local", "ci", "prod"] = "local"
     data_dir: Path = DEFAULT_DATA_DIR
-    shop_db_path: Path | None = Field(
-        default=None, description="SQLite shop database; default <data_dir>/shop.sqlite."
-    )
-    shop_url: SecretStr | None = Field(
+    sources_file: Path | None = Field(
         default=None,
-        description="SQLAlchemy URL of a shop database that is not the SQLite default. It may "
-        "hold a password, so it is a secret; dlt's SOURCES__SHOP__CREDENTIALS works too.",
-    )
-    shop_tables: list[str] | None = Field(
-        default=None,
-        description="Shop tables to load (JSON list in env); default `[sources.shop] tables` "
-        "in .dlt/config.toml.",
-    )
-    shop_lag_seconds: float = Field(
-        default=300,
-        ge=0,
-        description="Each shop read starts this far behind the last `updated_at` seen, so rows "
-        "committed late are not skipped; at least the longest write transaction.",
-    )
-    shop_bulk_reads: bool = Field(
-        default=True,
-        description="A PostgreSQL table read whole (first load, refresh) streams into the "
-        "warehouse; dlt reads only its newest rows. Off: dlt reads it all.",
-    )
-    shop_reconcile_deletes: bool = Field(
-        default=True,
-        description="After each shop load, delete warehouse rows whose primary key the source "
-        "no longer holds (one key-only scan per table).",
+        description="The file that declares every source (see README); default sources.yml "
+        "at the project root.",
     )
     warehouse_path: Path | None = Field(
         default=None, description="DuckDB warehouse file; default <data_dir>/warehouse.duckdb."
     )
-    payments_api_url: str = "http://127.0.0.1:8765"
-    fx_api_url: str = "http://127.0.0.1:8765"
     demo_api_db_path: Path | None = Field(
         default=None,
         description="The demo API's own store; default <data_dir>/payments_api.sqlite.",
@@ -130,9 +104,9 @@ class Settings(BaseSettings):
     )
     schema_contract: dict[str, Literal["evolve", "freeze"]] = Field(
         default_factory=dict,
-        description="Per source, what a change of its columns does (JSON object in env, e.g. "
-        '{"shop": "freeze"}): evolve (default) loads and reports it, freeze loads nothing '
-        "of that run and fails naming the columns.",
+        description="Per source, overriding its `schema_contract` in the sources file, what a "
+        'change of its columns does (JSON object in env, e.g. {"crm": "freeze"}): evolve loads '
+        "and reports it, freeze loads nothing of that run and fails naming the columns.",
     )
     delete_min_rows: int = Field(
         default=10,
@@ -162,23 +136,9 @@ class Settings(BaseSettings):
             )
         return self
 
-    @field_validator("payments_api_url", "fx_api_url")
-    @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL, got {value!r}")
-        return value.rstrip("/")
-
     @property
-    def shop_sqlite_path(self) -> Path:
-        return (self.shop_db_path or self.data_dir / "shop.sqlite").resolve()
-
-    @property
-    def shop_connection_url(self) -> str:
-        """The shop database as a SQLAlchemy URL (SQLite file unless ``shop_url`` is set)."""
-        if self.shop_url is not None:
-            return self.shop_url.get_secret_value()
-        return f"sqlite:///{self.shop_sqlite_path}"
+    def sources_path(self) -> Path:
+        return (self.sources_file or PROJECT_ROOT / "sources.yml").resolve()
 
     @property
     def warehouse(self) -> Path:

@@ -20,7 +20,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from ingestion.shop import adbc
+from ingestion.sql_database import adbc
 
 BUCKET_BITS = 12
 # More disagreeing buckets than this: read every key instead.
@@ -37,6 +37,12 @@ class KeySnapshot:
     key_columns: list[str]
     keys: pa.Table | None = None
     buckets: pa.Table | None = None
+    schema: str | None = None
+
+    def quoted_name(self) -> str:
+        preparer = _quoted(self.url)
+        name = preparer.quote(self.table)
+        return f"{preparer.quote_schema(self.schema)}.{name}" if self.schema else name
 
 
 def _checksums(key: str) -> str:
@@ -68,15 +74,22 @@ def _quoted(url: URL) -> Any:
     return create_engine(url, poolclass=NullPool).dialect.identifier_preparer
 
 
-def snapshot(url: URL, table: str, key_columns: Sequence[str], integer_key: bool) -> KeySnapshot:
+def snapshot(
+    url: URL,
+    table: str,
+    key_columns: Sequence[str],
+    integer_key: bool,
+    schema: str | None = None,
+) -> KeySnapshot:
     preparer = _quoted(url)
-    name = preparer.quote(table)
+    empty = KeySnapshot(url, table, list(key_columns), schema=schema)
+    name = empty.quoted_name()
     columns = [preparer.quote(column) for column in key_columns]
     if integer_key and len(columns) == 1 and url.get_backend_name() == "postgresql":
         buckets = _read(url, f"select {_checksums(columns[0])} from {name} group by 1")
-        return KeySnapshot(url, table, list(key_columns), buckets=buckets)
+        return KeySnapshot(url, table, list(key_columns), buckets=buckets, schema=schema)
     keys = _read(url, f"select {', '.join(columns)} from {name}")
-    return KeySnapshot(url, table, list(key_columns), keys=keys)
+    return KeySnapshot(url, table, list(key_columns), keys=keys, schema=schema)
 
 
 def missing_keys(connection: Any, raw_table: str, snap: KeySnapshot) -> pa.Table:
@@ -102,7 +115,7 @@ def missing_keys(connection: Any, raw_table: str, snap: KeySnapshot) -> pa.Table
             return pa.table({"rowid": pa.array([], pa.int64())})
         buckets = [int(bucket) for (bucket,) in differing]
         preparer = _quoted(snap.url)
-        quoted, name = preparer.quote(key), preparer.quote(snap.table)
+        quoted, name = preparer.quote(key), snap.quoted_name()
         if len(buckets) <= MAX_BUCKET_READS:
             ranges = " or ".join(
                 f"({quoted} >= {low} and {quoted} < {low + (1 << BUCKET_BITS)})"

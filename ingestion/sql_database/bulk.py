@@ -2,11 +2,11 @@
 
 A table read whole (its first load, or a refresh) is mostly not worth dlt's staging: every
 row would be written to parquet, read back and inserted. Instead dlt reads only the table's
-newest rows (those at the highest ``updated_at``), which gives it everything it keeps — the
+newest rows (those at the highest cursor value), which gives it everything it keeps — the
 table and its schema, the load id, the incremental cursor, exactly as a whole read would have
 set it — and, under the same warehouse lock, right after dlt's load, the rest of the table
-(``updated_at`` below that mark) streams from ADBC's COPY reader into the raw table, stamped
-with the same load id. A row that changes in between has a newer ``updated_at`` and arrives
+(cursor below that mark) streams from ADBC's COPY reader into the raw table, stamped
+with the same load id. A row that changes in between has a newer cursor value and arrives
 with the next incremental read; a late-committed older one is in the stream.
 
 The plan is written to a file next to the pipeline before the load and removed after the
@@ -27,28 +27,27 @@ from sqlalchemy import MetaData, Select, Table, create_engine, func, or_, select
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
-from ingestion.shop import adbc
-from ingestion.shop.settings import CURSOR_COLUMN, DELETED_COLUMN
+from ingestion.sql_database import adbc
 
 
-def newest_rows(query: Select, table: Table, limit: datetime | None = None) -> Select:
-    """The whole-table query narrowed to its rows at the highest ``updated_at`` not beyond
+def newest_rows(query: Select, table: Table, cursor: str, limit: datetime | None = None) -> Select:
+    """The whole-table query narrowed to its rows at the highest ``cursor`` not beyond
     ``limit`` (of the rows the query keeps), and to those beyond it (which the row guard
     quarantines, so that they never set the cursor)."""
-    cursor = table.c[CURSOR_COLUMN]
-    highest = select(func.max(cursor)).select_from(table)
+    column = table.c[cursor]
+    highest = select(func.max(column)).select_from(table)
     if query.whereclause is not None:
         highest = highest.where(query.whereclause)
     try:
-        moments = issubclass(cursor.type.python_type, datetime)
+        moments = issubclass(column.type.python_type, datetime)
     except NotImplementedError:
         moments = False
     if limit is None or not moments:  # only a point in time can lie in the future
-        return query.where(cursor == highest.scalar_subquery())
-    if not getattr(cursor.type, "timezone", False):
+        return query.where(column == highest.scalar_subquery())
+    if not getattr(column.type, "timezone", False):
         limit = limit.astimezone(UTC).replace(tzinfo=None)  # naive columns hold UTC
-    highest = highest.where(cursor <= limit)
-    return query.where(or_(cursor == highest.scalar_subquery(), cursor > limit))
+    highest = highest.where(column <= limit)
+    return query.where(or_(column == highest.scalar_subquery(), column > limit))
 
 
 @dataclass(frozen=True)
@@ -59,6 +58,9 @@ class BulkRead:
     load_id: str
     below: str  # ISO cursor value: rows under it are streamed
     keys: list[str]
+    cursor: str
+    soft_delete: str | None = None  # rows with it set are left out
+    schema: str | None = None
 
 
 def plan_path(pipelines_dir: Path, pipeline_name: str) -> Path:
@@ -82,15 +84,15 @@ def cursor_value(value: Any) -> str:
 def _rest_query(url: URL, read: BulkRead) -> str:
     engine = create_engine(url, poolclass=NullPool)
     try:
-        table = Table(read.table, MetaData(), autoload_with=engine)
-        cursor = table.c[CURSOR_COLUMN]
+        table = Table(read.table, MetaData(), schema=read.schema, autoload_with=engine)
+        cursor = table.c[read.cursor]
         parse = getattr(cursor.type.python_type, "fromisoformat", None)
         below = parse(read.below) if parse else read.below
         if isinstance(below, datetime) and below.tzinfo and not cursor.type.timezone:
             below = below.replace(tzinfo=None)  # naive columns hold UTC
         query = table.select().where(or_(cursor < below, cursor.is_(None)))
-        if DELETED_COLUMN in table.c:
-            query = query.where(table.c[DELETED_COLUMN].is_(None))
+        if read.soft_delete:
+            query = query.where(table.c[read.soft_delete].is_(None))
         return str(query.compile(engine, compile_kwargs={"literal_binds": True}))
     finally:
         engine.dispose()

@@ -1,0 +1,118 @@
+"""SQL database sources: the tables a declaration selects from any SQLAlchemy URL, read as
+arrow batches (tables in parallel), each loading by its declared mode."""
+
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from typing import Any
+
+import dlt
+from dlt.extract import DltSource
+from dlt.extract.incremental import Incremental
+from dlt.sources.sql_database import sql_database
+from sqlalchemy import Select, Table, create_engine, inspect
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from ingestion.declared import SqlDatabaseSource
+from ingestion.sql_database import adbc
+from ingestion.sql_database.bulk import newest_rows
+from ingestion.sql_database.helpers import TablePlan, database_url, plan_table, select_tables
+from ingestion.sql_database.settings import CHUNK_SIZE
+
+__all__ = ["TablePlan", "backend_for", "database_url", "plan_tables", "sql_database_source"]
+
+
+def backend_for(url: URL) -> str:
+    """ADBC's COPY-based arrow reader for PostgreSQL; dlt's arrow backend elsewhere."""
+    return adbc.BACKEND if url.get_backend_name() == "postgresql" else "pyarrow"
+
+
+def plan_tables(name: str, declaration: SqlDatabaseSource, url: URL) -> dict[str, TablePlan]:
+    """Every selected table and how it loads, checked against the database's catalogue."""
+    # No pool: a connection closes after each use, so none outlives a failed run.
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        inspector = inspect(engine)
+        available = inspector.get_table_names(schema=declaration.schema_)
+        return {
+            table: plan_table(name, declaration, table, inspector)
+            for table in select_tables(name, declaration, available)
+        }
+    finally:
+        engine.dispose()
+
+
+def _whole_table_reads(
+    plans: Mapping[str, TablePlan], bulk_tables: Collection[str], cursor_limit: datetime | None
+) -> Callable[..., Select]:
+    """dlt's query adapter: a whole-table read (no cursor yet) leaves rows flagged deleted out
+    — later reads need them, so that the warehouse deletes its copies — and for a table in
+    ``bulk_tables`` keeps only its newest rows (the rest streams after the load: ``bulk``),
+    newest as of ``cursor_limit``: rows stamped beyond it are read too, to be quarantined."""
+
+    def adapt(
+        query: Select, table: Table, incremental: Incremental | None = None, engine: Any = None
+    ) -> Select:
+        if incremental is not None and incremental.last_value is not None:
+            return query
+        plan = plans[table.name]
+        if plan.delete_flagged and plan.soft_delete:
+            query = query.where(table.c[plan.soft_delete].is_(None))
+        if table.name in bulk_tables and plan.cursor:
+            query = newest_rows(query, table, plan.cursor, cursor_limit)
+        return query
+
+    return adapt
+
+
+def sql_database_source(
+    name: str,
+    declaration: SqlDatabaseSource,
+    url: URL,
+    plans: Mapping[str, TablePlan],
+    *,
+    bulk_tables: Collection[str] = (),
+    cursor_limit: datetime | None = None,
+    chunk_size: int = CHUNK_SIZE,
+) -> DltSource:
+    """The planned tables as one dlt source named ``name``.
+
+    merge: incremental on the cursor (when the table has one), merged on the key, so a re-run
+    adds nothing and a changed row replaces its old copy. Each read starts ``lag`` seconds
+    before the last high-water mark: a row stamped before that mark but committed after the
+    read (a long transaction) is still found on the next run (dlt#2269); rows re-read inside
+    the window merge onto themselves. A row whose soft-delete column is set is removed from the
+    warehouse (policy delete) or kept with it set (flag); rows deleted outright are found by
+    key reconciliation after the load. replace: the whole table each run. append: rows past
+    the cursor, inserted.
+
+    ``bulk_tables`` (PostgreSQL; read when the tables are extracted, so the caller may fill it
+    after creating the source): tables read whole of which dlt reads only the newest rows
+    (as of ``cursor_limit``, beyond which a cursor value is not trusted).
+    """
+    engine = create_engine(url, poolclass=NullPool)
+    database = sql_database(
+        query_adapter_callback=_whole_table_reads(plans, bulk_tables, cursor_limit),
+        credentials=engine,
+        schema=declaration.schema_,
+        table_names=list(plans),
+        backend=backend_for(url),
+        chunk_size=chunk_size,
+        reflection_level="full",
+        detect_precision_hints=None,  # the default False only triggers dlt's deprecation warning
+    ).clone(with_name=name)
+    for table, resource in database.resources.items():
+        plan = plans[table]
+        hints: dict[str, Any] = {
+            "write_disposition": plan.mode,
+            "primary_key": plan.keys or None,
+        }
+        if plan.incremental:
+            # A row without a cursor value is read with the whole table; no later read sees it.
+            hints["incremental"] = dlt.sources.incremental(
+                plan.cursor, lag=plan.lag or None, on_cursor_value_missing="include"
+            )
+        if plan.mode == "merge" and plan.delete_flagged:
+            hints["columns"] = {plan.soft_delete: {"hard_delete": True}}
+        resource.apply_hints(**hints)
+    return database

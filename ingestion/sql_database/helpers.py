@@ -1,0 +1,130 @@
+"""Private logic of the sql_database kind: which tables a declaration selects and how each
+one loads."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+from dlt.common.configuration.specs import ConnectionStringCredentials
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine.reflection import Inspector
+
+from ingestion.declared import SqlDatabaseSource, matches
+from ingestion.sql_database.settings import DRIVERS
+from tributary.settings import ConfigurationError
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    """How one table loads, every default applied and checked against the database."""
+
+    table: str
+    mode: str  # merge | replace | append
+    keys: list[str]
+    cursor: str | None
+    lag: float | None
+    soft_delete: str | None  # the column
+    delete_flagged: bool  # policy delete: a flagged row is deleted from the warehouse
+    reconcile_deletes: bool
+    accepted_values: dict[str, tuple[str, ...]]
+
+    @property
+    def incremental(self) -> bool:
+        return self.cursor is not None and self.mode != "replace"
+
+
+def database_url(credentials: ConnectionStringCredentials | str) -> URL:
+    """The database as a SQLAlchemy URL, with the driver tributary installs for its dialect
+    when the URL names none (``postgresql://`` → psycopg, ``mysql://`` → PyMySQL)."""
+    url = credentials.to_url() if isinstance(credentials, ConnectionStringCredentials) else None
+    url = url or make_url(credentials)
+    if "+" not in url.drivername and url.drivername in DRIVERS:
+        url = url.set(drivername=f"{url.drivername}+{DRIVERS[url.drivername]}")
+    return url
+
+
+def select_tables(name: str, declaration: SqlDatabaseSource, available: Sequence[str]) -> list[str]:
+    """The database's tables the declaration selects, in the database's order: each named
+    table must exist and each wildcard match one, or the error lists what the database has."""
+    where = f"sources.{name}.tables"
+    problems = []
+    for pattern in declaration.tables:
+        if not any(matches(pattern, table) for table in available):
+            problems.append(
+                f"{where}.{pattern}: "
+                + ("matches no table" if "*" in pattern or "?" in pattern else "no such table")
+            )
+    if problems:
+        listed = ", ".join(available) or "none"
+        schema = f" (schema {declaration.schema_})" if declaration.schema_ else ""
+        raise ConfigurationError("; ".join(problems) + f"; the database{schema} has: {listed}")
+    return [
+        table
+        for table in available
+        if any(matches(pattern, table) for pattern in declaration.tables)
+        and not any(matches(pattern, table) for pattern in declaration.exclude)
+    ]
+
+
+def plan_table(
+    name: str, declaration: SqlDatabaseSource, table: str, inspector: Inspector | Engine
+) -> TablePlan:
+    """The table's options checked against its columns: every named column exists, a merge has
+    a key (declared or the table's own), an append has a cursor."""
+    options = declaration.options(table)
+    where = f"sources.{name}.tables.{table}"
+    inspect = inspector if isinstance(inspector, Inspector) else Inspector.from_engine(inspector)
+    columns = [column["name"] for column in inspect.get_columns(table, schema=declaration.schema_)]
+    reflected = (
+        inspect.get_pk_constraint(table, schema=declaration.schema_).get("constrained_columns")
+        or []
+    )
+    declared = options.primary_key
+    keys = ([declared] if isinstance(declared, str) else list(declared)) if declared else reflected
+    mode = options.mode or "merge"
+
+    def missing(what: str, names: Collection[str]) -> None:
+        absent = [column for column in names if column not in columns]
+        if absent:
+            raise ConfigurationError(
+                f"{where}: {what} {', '.join(absent)}: no such column in {table}; its columns "
+                f"are {', '.join(columns)}"
+            )
+
+    missing("primary_key", keys)
+    if mode == "merge" and not keys:
+        raise ConfigurationError(
+            f"{where}: mode merge needs a primary_key and {table} has none; declare "
+            "`primary_key` (the columns that identify a row) or use `mode: replace`"
+        )
+    cursor = options.cursor
+    # A cursor named in the defaults applies to the tables that have the column; one named
+    # for the table itself must exist.
+    table_entry = next((declaration.tables[p] for p in declaration.tables if p == table), None)
+    if cursor and cursor not in columns and not (table_entry and table_entry.cursor):
+        cursor = None
+    if cursor:
+        missing("cursor", [cursor])
+    if mode == "append" and not cursor:
+        raise ConfigurationError(
+            f"{where}: mode append needs a cursor (a column that grows with each new row, e.g. "
+            "an identity or created_at), or every run would append the whole table again"
+        )
+    soft = options.soft_delete
+    soft_column = soft.column if soft and soft.column in columns else None
+    if soft and not soft_column and table_entry and table_entry.soft_delete:
+        missing("soft_delete.column", [soft.column])
+    accepted = options.accepted_values or {}
+    missing("accepted_values", list(accepted))
+    return TablePlan(
+        table=table,
+        mode=mode,
+        keys=keys,
+        cursor=cursor if mode != "replace" else None,
+        lag=options.lag if mode == "merge" else None,
+        soft_delete=soft_column,
+        delete_flagged=bool(soft_column) and soft is not None and soft.policy == "delete",
+        reconcile_deletes=mode == "merge" and options.reconcile_deletes is not False,
+        accepted_values={column: tuple(values) for column, values in accepted.items()},
+    )
