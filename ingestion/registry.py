@@ -142,6 +142,8 @@ def build(
         )
     try:
         dlt_source = rest_api(name, source, window)
+    except ConfigurationError:
+        raise
     except ValueError as exc:
         raise ConfigurationError(f"sources.{name}: {exc}") from None
     return Built(

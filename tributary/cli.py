@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tributary.cli_sources import sources_app
+
 if TYPE_CHECKING:
     from tributary.report import RunReport
 
@@ -290,6 +292,7 @@ def publish_list() -> None:
         )
 
 
+app.add_typer(sources_app, name="sources")
 quarantine_app = typer.Typer(no_args_is_help=True, help="Rows kept out of raw, and why.")
 app.add_typer(quarantine_app, name="quarantine")
 

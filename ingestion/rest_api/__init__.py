@@ -26,8 +26,12 @@ def rest_api(
 
     ``window`` (ISO start, end) reloads the records of every incremental resource whose cursor
     lies in [start, end) — a backfill: dlt neither reads nor moves the incremental state."""
+    client = resolve_all(declaration.client, f"sources.{name}.client")
+    base_url = client.get("base_url")
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"client.base_url: must be an http(s) URL, got {base_url!r}")
     config: dict[str, Any] = {
-        "client": resolve_all(declaration.client, f"sources.{name}.client"),
+        "client": client,
         "resource_defaults": copy.deepcopy(declaration.resource_defaults),
         "resources": [
             {key: value for key, value in resource.items() if key not in TRIBUTARY_KEYS}

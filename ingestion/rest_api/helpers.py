@@ -10,7 +10,9 @@ from ingestion.declared import RestApiSource
 TRIBUTARY_KEYS = frozenset({"accepted_values"})
 
 
-def _incremental(resource: dict[str, Any] | str, defaults: dict[str, Any]) -> dict[str, Any] | None:
+def incremental_of(
+    resource: dict[str, Any] | str, defaults: dict[str, Any]
+) -> dict[str, Any] | None:
     if not isinstance(resource, dict):
         return None
     endpoint = resource.get("endpoint")
@@ -23,7 +25,7 @@ def windowed_resources(declaration: RestApiSource) -> list[str]:
     request parameter."""
     names = []
     for resource in declaration.resources:
-        incremental = _incremental(resource, declaration.resource_defaults)
+        incremental = incremental_of(resource, declaration.resource_defaults)
         if incremental and incremental.get("start_param") and isinstance(resource, dict):
             names.append(resource["name"])
     return names
@@ -31,7 +33,7 @@ def windowed_resources(declaration: RestApiSource) -> list[str]:
 
 def cursor_is_date(resource: dict[str, Any], defaults: dict[str, Any]) -> bool:
     """Whether the resource's cursor holds dates (its column hint says so), not timestamps."""
-    incremental = _incremental(resource, defaults) or {}
+    incremental = incremental_of(resource, defaults) or {}
     cursor = incremental.get("cursor_path")
     columns = resource.get("columns") or defaults.get("columns") or {}
     hint = columns.get(cursor, {}) if isinstance(columns, dict) else {}
@@ -44,7 +46,7 @@ def with_window(
     """The resource reading [start, end) of its cursor when ``window`` is given (dates or
     timestamps, as its cursor holds them); without one, reading on from its state with no end
     parameter sent."""
-    incremental = _incremental(resource, defaults)
+    incremental = incremental_of(resource, defaults)
     if not incremental or not isinstance(resource, dict):
         return resource
     incremental = dict(incremental)
