@@ -71,7 +71,8 @@ def test_an_unknown_key_and_an_unknown_type_are_named(tmp_path: Path) -> None:
 def test_a_source_name_must_be_a_lower_case_identifier(tmp_path: Path) -> None:
     message = _error(
         tmp_path,
-        "sources:\n  My-CRM:\n    type: sql_database\n    credentials: sqlite:///x\n    tables: {a: }\n",
+        "sources:\n  My-CRM:\n    type: sql_database\n    credentials: sqlite:///x\n"
+        "    tables: {a: }\n",
     )
     assert "sources.My-CRM" in message and "pattern" in message
 
