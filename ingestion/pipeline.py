@@ -116,6 +116,10 @@ def _count_rows(
 
 
 def _key_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
+    """The table's key as the pipeline's schema holds it (none for a table never loaded: an
+    empty source table has no schema yet)."""
+    if table not in pipeline.default_schema.tables:
+        return []
     columns = pipeline.default_schema.get_table_columns(table)
     return [name for name, column in columns.items() if column.get("primary_key")]
 
@@ -138,13 +142,21 @@ def _pending_parquet(pipeline: dlt.Pipeline) -> dict[str, list[str]]:
 
 
 def _changes(
-    pipeline: dlt.Pipeline, tables: list[str], *, refreshed: bool = False
+    pipeline: dlt.Pipeline,
+    tables: list[str],
+    *,
+    refreshed: bool = False,
+    whole: Collection[str] = (),
 ) -> dict[str, tuple[int, int, int]]:
     """(new, updated, deleted) per table, read off the pending parquet files against the
     warehouse before they load: new keys, keys whose loaded columns differ, and flagged soft
     deletes of keys the warehouse holds. Rows re-read unchanged (the lag window) count in none.
-    Tables without a primary key or without parquet files are left out. ``refreshed``: the
-    load drops the tables first, so every row counts as new."""
+    Tables without parquet files are left out, and so are those without a primary key unless
+    in ``whole``. ``refreshed``: the load drops the tables first, so every row counts as new.
+
+    ``whole``: tables re-read whole that replace their warehouse copy (no cursor): a key the
+    warehouse holds and the package does not counts as deleted; a table without a key counts
+    its net change of rows (new when it grew, deleted when it shrank)."""
     files = _pending_parquet(pipeline)
     changes: dict[str, tuple[int, int, int]] = {}
     with pipeline.sql_client() as client:
@@ -157,7 +169,17 @@ def _changes(
         }
         for table in tables:
             keys = _key_columns(pipeline, table)
-            if not keys or table not in files:
+            if table not in files:
+                continue
+            if not keys:
+                if table in whole and table in existing and not refreshed:
+                    paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files[table])
+                    [(now,)] = client.execute_sql(
+                        f"select count(*) from read_parquet([{paths}], union_by_name = true)"
+                    )
+                    raw = client.make_qualified_table_name(table)
+                    [(held,)] = client.execute_sql(f"select count(*) from {raw}")
+                    changes[table] = (max(now - held, 0), 0, max(held - now, 0))
                 continue
             columns = pipeline.default_schema.get_table_columns(table)
             flagged = [name for name, column in columns.items() if column.get("hard_delete")]
@@ -205,6 +227,11 @@ def _changes(
                 )
                 """
             )
+            if table in whole:
+                [(deleted,)] = client.execute_sql(
+                    f"select count(*) from {raw} r where not exists "
+                    f"(select 1 from {package} p where {on})"
+                )
             changes[table] = (new, updated, deleted)
     return changes
 
@@ -442,7 +469,12 @@ def _counts_path(settings: Settings, pipeline: dlt.Pipeline) -> Path:
 
 
 def _load_counts(
-    settings: Settings, pipeline: dlt.Pipeline, tables: list[str], full_reads: set[str], fresh: bool
+    settings: Settings,
+    pipeline: dlt.Pipeline,
+    tables: list[str],
+    full_reads: set[str],
+    fresh: bool,
+    streamed: Collection[str] = (),
 ) -> tuple[dict[str, int], dict[str, tuple[int, int, int]]]:
     """(rows per table before, (new, updated, deleted) per table) for the pending packages,
     read off them against the warehouse before anything of them loads, and kept in a file
@@ -456,7 +488,14 @@ def _load_counts(
             changes = {table: tuple(value) for table, value in saved["changes"].items()}
             return saved["before"], changes  # type: ignore[return-value]
     before = _count_rows(pipeline, tables)
-    changes = _changes(pipeline, [t for t in tables if t not in full_reads], refreshed=fresh)
+    # A table read whole is compared with its warehouse copy, unless most of it streams in
+    # after the load (``streamed``): then the package holds only its newest rows.
+    changes = _changes(
+        pipeline,
+        [t for t in tables if t not in streamed],
+        refreshed=fresh,
+        whole=full_reads - set(streamed),
+    )
     path.write_text(json.dumps({"load_ids": pending, "before": before, "changes": changes}))
     return before, changes
 
@@ -467,7 +506,8 @@ def _guard_soft_deletes(
     before: dict[str, int],
     changes: dict[str, tuple[int, int, int]],
 ) -> list[str]:
-    """Messages for the tables whose flagged soft deletes are beyond the delete guard."""
+    """Messages for the tables whose deletes found before the load (flagged soft deletes,
+    rows gone from a table read whole) are beyond the delete guard."""
     return [
         message
         for table, (_, _, deleted) in changes.items()
@@ -766,7 +806,9 @@ def load_source(
         )
         fresh = bool(refresh) and not resumed
         with warehouse_lock(settings):
-            before, changes = _load_counts(settings, pipeline, tables, full_reads, fresh)
+            before, changes = _load_counts(
+                settings, pipeline, tables, full_reads, fresh, streamed=bulk_tables
+            )
             stops = (
                 []
                 if confirm_deletes
