@@ -10,7 +10,9 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
-from ingestion.pipeline import SOURCE_NAMES, run_source
+from ingestion import registry
+from ingestion.pipeline import run_source
+from tests.sourcefiles import scratch_settings
 from tributary.dbt import run_dbt_resumable
 from tributary.settings import Settings
 
@@ -20,12 +22,13 @@ pytestmark = pytest.mark.integration
 def test_failed_build_names_the_test_and_the_retry_resumes(
     tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    shop = tmp_path / "shop.sqlite"
     settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=80, seed=3)
+    generate(f"sqlite:///{shop}", settings.demo_api_db, orders=80, seed=3)
     with serve_in_background(settings.demo_api_db, "token") as api_url:
         monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "token")
-        settings = Settings(data_dir=tmp_path, payments_api_url=api_url, fx_api_url=api_url)
-        for source in SOURCE_NAMES:
+        settings = scratch_settings(tmp_path, shop=shop, api=api_url)
+        for source in registry.source_names(settings):
             run_source(source, settings)
 
     def set_status(status: str) -> None:

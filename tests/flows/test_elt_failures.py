@@ -9,6 +9,7 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from flows.elt import EltParameters, StepFailed, elt
 from tests.receivers import smtp_receiver, webhook_receiver
 from tributary.settings import Settings, get_settings
@@ -18,7 +19,7 @@ def test_wrong_token_fails_at_once_and_notifies(
     tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=50, seed=5)
+    generate(shop_url(settings), settings.demo_api_db, orders=50, seed=5)
     with (
         serve_in_background(settings.demo_api_db, "the-right-token") as api_url,
         webhook_receiver() as (hook_url, received),

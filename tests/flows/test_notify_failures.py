@@ -27,6 +27,7 @@ from prefect.settings import PREFECT_API_URL
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from tests.receivers import closed_port, smtp_receiver, webhook_receiver
 from tributary.settings import PROJECT_ROOT, Settings
 
@@ -48,7 +49,7 @@ class FailedRun:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("notify"))
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=40, seed=9)
+    generate(shop_url(settings), settings.demo_api_db, orders=40, seed=9)
     with serve_in_background(settings.demo_api_db, "the-right-token") as api_url:
         yield settings, api_url
 

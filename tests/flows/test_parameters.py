@@ -9,11 +9,15 @@ from pydantic import ValidationError
 
 from flows.dbt_build import DbtBuildParameters
 from flows.elt import EltParameters
+from tributary.settings import PROJECT_ROOT
+
+SOURCES_FILE = PROJECT_ROOT / "sources.yml"
 
 
 def test_defaults_ingest_every_source_and_build_everything() -> None:
     params = EltParameters()
-    assert params.sources == ["shop", "payments", "fx"]
+    assert params.sources == []
+    assert params.selected() == ["shop", "payments", "fx"]
     assert params.window() is None
     assert params.dbt_args() == ["build"]
 
@@ -31,7 +35,14 @@ def test_defaults_ingest_every_source_and_build_everything() -> None:
             {"sources": ["payments"], "full_refresh": ["shop"], "confirm_full_refresh": True},
             "full_refresh: 'shop' is not in a source this run ingests (payments)",
         ),
-        ({"sources": ["nowhere"]}, "sources.0"),
+        (
+            {"sources": ["nowhere"]},
+            f"sources: no source nowhere in {SOURCES_FILE}; the sources are shop, payments, fx",
+        ),
+        (
+            {"tags": ["hourly"]},
+            f"tags: no declared source is tagged hourly; the tags in {SOURCES_FILE} are intraday",
+        ),
         ({"dbt_selec": ["x"]}, "dbt_selec"),
     ],
 )
@@ -39,6 +50,11 @@ def test_bad_parameters_are_refused_with_a_reason(values: dict, message: str) ->
     with pytest.raises(ValidationError) as raised:
         EltParameters.model_validate(values)
     assert message in str(raised.value)
+
+
+def test_tags_select_the_declared_sources_that_carry_them() -> None:
+    assert EltParameters(tags=["intraday"]).selected() == ["shop", "payments"]
+    assert EltParameters(sources=["fx"], tags=["intraday"]).selected() == ["fx"]
 
 
 def test_refresh_and_window_are_split_per_source() -> None:

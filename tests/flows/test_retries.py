@@ -14,6 +14,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from demo.api import Faults, serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from flows.elt import EltParameters, elt
 from tests.integration.sources import fetch_payments
 from tributary.settings import get_settings
@@ -47,7 +48,7 @@ def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RUNTIME__REQUEST_MAX_ATTEMPTS", "1")
     get_settings.cache_clear()
     settings = get_settings()
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=60, seed=8)
+    generate(shop_url(settings), settings.demo_api_db, orders=60, seed=8)
     yield tmp_path
     get_settings.cache_clear()
 

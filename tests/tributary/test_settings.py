@@ -2,14 +2,18 @@ import pickle
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from tributary.settings import ConfigurationError, Settings, get_settings
+from ingestion import registry
+from tests.sourcefiles import scratch_settings
+from tributary.settings import PROJECT_ROOT, ConfigurationError, Settings, get_settings
 
 
 def test_defaults_live_under_the_data_dir(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    assert settings.shop_connection_url == f"sqlite:///{tmp_path / 'shop.sqlite'}"
+    assert settings.sources_path == PROJECT_ROOT / "sources.yml"
+    assert registry.sql_url("shop", settings).render_as_string(False) == (
+        f"sqlite:///{tmp_path / 'shop.sqlite'}"
+    )
     assert settings.warehouse == tmp_path / "warehouse.duckdb"
     assert settings.pipelines_dir == tmp_path / "pipelines"
 
@@ -18,16 +22,26 @@ def test_environment_overrides_each_location(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("TRIBUTARY_WAREHOUSE_PATH", str(tmp_path / "w.duckdb"))
+    monkeypatch.setenv("TRIBUTARY_SOURCES_FILE", str(tmp_path / "sources.yml"))
+    (tmp_path / "sources.yml").write_text((PROJECT_ROOT / "sources.yml").read_text())
     monkeypatch.setenv("TRIBUTARY_SHOP_URL", "postgresql://reader:s3cret@db/shop")
     settings = Settings()
     assert settings.warehouse == tmp_path / "w.duckdb"
-    assert settings.shop_connection_url == "postgresql://reader:s3cret@db/shop"
-    assert "s3cret" not in repr(settings)
+    assert settings.sources_path == tmp_path / "sources.yml"
+    url = registry.sql_url("shop", settings)
+    assert url.render_as_string(False) == "postgresql+psycopg://reader:s3cret@db/shop"
+    assert "s3cret" not in repr(settings) and "s3cret" not in str(url)
 
 
-def test_a_bad_api_url_names_the_setting() -> None:
-    with pytest.raises(ValidationError, match="payments_api_url"):
-        Settings(payments_api_url="ftp://example")
+def test_a_bad_api_url_names_the_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "token")
+    settings = scratch_settings(tmp_path, api="ftp://example")
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^sources\.payments: client\.base_url: must be an http\(s\) URL, "
+        r"got 'ftp://example'$",
+    ):
+        registry.build("payments", settings)
 
 
 def test_smtp_without_recipients_is_refused_by_name() -> None:
