@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import replace
 from datetime import date
+from typing import Literal
 
 import prefect.runtime
 from prefect import flow, get_run_logger, task
@@ -19,11 +20,11 @@ from ingestion import registry
 from ingestion.guards import DeletesStopped, GuardError
 from ingestion.pipeline import SourceLoad, run_source
 from tributary.commands import command
-from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
+from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.report import RunReport
 from tributary.runs import begin_run, guard_local_server
-from tributary.settings import get_settings
+from tributary.settings import DBT_PROJECT_DIR, get_settings
 
 
 class EltParameters(BaseModel):
@@ -66,7 +67,15 @@ class EltParameters(BaseModel):
         description="Go ahead with deletes that a run stopped because they were more than "
         "TRIBUTARY_DELETE_MAX_SHARE of a table (a source table emptied, a mass soft delete).",
     )
-    dbt_select: list[str] = Field(default_factory=list, description="dbt --select; empty: all.")
+    dbt: Literal["auto", "all", "skip"] = Field(
+        default="auto",
+        description="auto: build the dbt models downstream of the sources loaded (none when "
+        "the project has no models for them); all: the whole project; skip: load only. "
+        "dbt_select, when given, decides instead.",
+    )
+    dbt_select: list[str] = Field(
+        default_factory=list, description="dbt --select; empty: as `dbt` says."
+    )
     dbt_exclude: list[str] = Field(default_factory=list, description="dbt --exclude.")
 
     @model_validator(mode="after")
@@ -119,8 +128,16 @@ class EltParameters(BaseModel):
             return None
         return self.window_start, self.window_end
 
-    def dbt_args(self) -> list[str]:
-        return build_args(self.dbt_select, self.dbt_exclude)
+    def dbt_args(self, loaded: list[str]) -> list[str] | None:
+        """`dbt build` arguments after loading ``loaded``, or None: no dbt this run."""
+        if self.dbt_select:
+            return build_args(self.dbt_select, self.dbt_exclude)
+        if self.dbt == "skip":
+            return None
+        if self.dbt == "all":
+            return build_args([], self.dbt_exclude)
+        select = downstream_of(loaded, DBT_PROJECT_DIR)
+        return build_args(select, self.dbt_exclude) if select else None
 
 
 class StepFailed(RuntimeError):
@@ -198,7 +215,8 @@ def elt(params: EltParameters | None = None) -> RunReport:
     loads: list[SourceLoad] = []
     window = params.window()
     try:
-        for source in params.selected():
+        selected = params.selected()
+        for source in selected:
             whole, tables = params.refresh_of(source)
             try:
                 load = ingest(
@@ -242,21 +260,30 @@ def elt(params: EltParameters | None = None) -> RunReport:
                     count.reason,
                     ", ".join(count.example_keys) or "none",
                 )
-        try:
-            dbt: DbtSummary = run_dbt_resumable(
-                params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
-            )
-        except Exception as exc:
-            raise StepFailed("dbt build", exc, note=say_not_published(exc)) from exc
-        try:
-            published = publish_marts(dbt)
-        except Exception as exc:
-            raise StepFailed("publish", exc) from exc
+        dbt: DbtSummary | None = None
+        published = None
+        dbt_args = params.dbt_args([load.source for load in loads])
+        if dbt_args is None:
+            logger.info("dbt: no models to build for %s; nothing published", ", ".join(selected))
+        else:
+            try:
+                dbt = run_dbt_resumable(
+                    dbt_args, settings, run_key=str(prefect.runtime.flow_run.id)
+                )
+            except Exception as exc:
+                raise StepFailed("dbt build", exc, note=say_not_published(exc)) from exc
+            try:
+                published = publish_marts(dbt)
+            except Exception as exc:
+                raise StepFailed("publish", exc) from exc
     except Exception as exc:
         failed = RunReport(warehouse=settings.warehouse, loads=loads)
         journal.finish("failed", str(exc), failed)
         raise
-    logger.info("dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed)
+    if dbt is not None:
+        logger.info(
+            "dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed
+        )
     report = RunReport(
         warehouse=settings.warehouse,
         loads=loads,

@@ -7,11 +7,13 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 from prefect_dbt.core.runner import FAILURE_MSG, FAILURE_STATUSES
 
@@ -165,6 +167,28 @@ def build_args(select: list[str], exclude: list[str], *, full_refresh: bool = Fa
     if full_refresh:
         args.append("--full-refresh")
     return args
+
+
+def dbt_sources(project_dir: Path) -> set[str]:
+    """The names of the sources the dbt project declares (its ``sources:`` YAML), read without
+    parsing the project: a loaded source that is not among them has no models to build."""
+    names: set[str] = set()
+    for path in sorted((project_dir / "models").rglob("*.yml")):
+        document = yaml.safe_load(path.read_text()) or {}
+        if isinstance(document, dict):
+            names |= {
+                source["name"]
+                for source in document.get("sources") or []
+                if isinstance(source, dict) and "name" in source
+            }
+    return names
+
+
+def downstream_of(sources: Sequence[str], project_dir: Path) -> list[str]:
+    """``--select`` for the models downstream of the loaded ``sources`` that the project
+    knows (``source:<name>+``); empty when it knows none of them."""
+    known = dbt_sources(project_dir)
+    return [f"source:{name}+" for name in sources if name in known]
 
 
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
