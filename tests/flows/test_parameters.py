@@ -19,7 +19,14 @@ def test_defaults_ingest_every_source_and_build_everything() -> None:
     assert params.sources == []
     assert params.selected() == ["shop", "payments", "fx"]
     assert params.window() is None
-    assert params.dbt_args() == ["build"]
+    # every sample source has models: auto builds what is downstream of all three
+    assert params.dbt_args(params.selected()) == [
+        "build",
+        "--select",
+        "source:shop+",
+        "source:payments+",
+        "source:fx+",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -70,7 +77,13 @@ def test_refresh_and_window_are_split_per_source() -> None:
     assert params.refresh_of("fx") == (True, [])
     assert params.refresh_of("payments") == (False, [])
     assert params.window() == (date(2026, 1, 1), date(2026, 2, 1))
-    assert params.dbt_args() == ["build", "--select", "fct_orders+", "--exclude", "dim_customers"]
+    assert params.dbt_args(["shop"]) == [
+        "build",
+        "--select",
+        "fct_orders+",
+        "--exclude",
+        "dim_customers",
+    ]
 
 
 def test_dbt_build_parameters() -> None:
