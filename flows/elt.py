@@ -18,7 +18,8 @@ from flows.hooks import notify_failure, notify_warnings
 from flows.publish import publish_marts, say_not_published
 from ingestion import registry
 from ingestion.guards import DeletesStopped, GuardError
-from ingestion.pipeline import SourceLoad, run_source
+from ingestion.pipeline import run_source
+from ingestion.results import SourceLoad
 from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumable
 from tributary.errors import retry_if_transient

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,7 @@ from ingestion.guards import Contract, DeletesStopped, GuardError
 from ingestion.quarantine import Journal, QuarantineCount, Rejected
 from ingestion.quarantine import flush as flush_quarantine
 from ingestion.registry import Built
+from ingestion.results import SourceLoad, TableLoad
 from ingestion.sql_database import bulk
 from ingestion.sql_database.keys import KeySnapshot, delete_missing, missing_keys
 from ingestion.sql_database.keys import snapshot as key_snapshot
@@ -33,41 +33,6 @@ from tributary.commands import command
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
 from tributary.warehouse import check_warehouse
-
-
-@dataclass(frozen=True)
-class TableLoad:
-    """What one load did to one raw table: ``loaded`` rows written (re-read rows included),
-    of which ``new`` keys and ``updated`` changed rows; ``deleted`` rows removed (soft deletes
-    and keys gone from the source)."""
-
-    table: str
-    loaded: int
-    new: int
-    updated: int
-    deleted: int = 0
-    quarantined: int = 0
-
-
-@dataclass(frozen=True)
-class SourceLoad:
-    """What one run of a source did: per table, and the rows it kept out of raw."""
-
-    source: str
-    dataset: str
-    load_ids: list[str]
-    tables: list[TableLoad] = field(default_factory=list)
-    resumed: bool = False
-    quarantined: list[QuarantineCount] = field(default_factory=list)
-    schema_changes: list[SchemaChange] = field(default_factory=list)
-
-    @property
-    def rows_loaded(self) -> int:
-        return sum(table.loaded for table in self.tables)
-
-    @property
-    def rows_quarantined(self) -> int:
-        return sum(count.rows for count in self.quarantined)
 
 
 def dataset_name(source: str) -> str:

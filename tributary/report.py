@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ingestion.pipeline import SourceLoad
+from ingestion.results import SourceLoad
 from tributary.dbt import DbtSummary
 from tributary.publish import NotPublished, Publication
 

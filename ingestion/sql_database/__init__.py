@@ -16,7 +16,13 @@ from sqlalchemy.pool import NullPool
 from ingestion.declared import SqlDatabaseSource
 from ingestion.sql_database import adbc
 from ingestion.sql_database.bulk import newest_rows
-from ingestion.sql_database.helpers import TablePlan, database_url, plan_table, select_tables
+from ingestion.sql_database.helpers import (
+    TablePlan,
+    check_sqlite_file,
+    database_url,
+    plan_table,
+    select_tables,
+)
 from ingestion.sql_database.settings import CHUNK_SIZE
 
 __all__ = ["TablePlan", "backend_for", "database_url", "plan_tables", "sql_database_source"]
@@ -29,6 +35,7 @@ def backend_for(url: URL) -> str:
 
 def plan_tables(name: str, declaration: SqlDatabaseSource, url: URL) -> dict[str, TablePlan]:
     """Every selected table and how it loads, checked against the database's catalogue."""
+    check_sqlite_file(name, url)
     # No pool: a connection closes after each use, so none outlives a failed run.
     engine = create_engine(url, poolclass=NullPool)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from sqlalchemy.engine import URL, Engine, make_url
@@ -42,6 +43,20 @@ def database_url(credentials: ConnectionStringCredentials | str) -> URL:
     if "+" not in url.drivername and url.drivername in DRIVERS:
         url = url.set(drivername=f"{url.drivername}+{DRIVERS[url.drivername]}")
     return url
+
+
+def check_sqlite_file(name: str, url: URL) -> None:
+    """A SQLite URL must name a file that exists: connecting would create an empty one, and
+    the source would then report every table missing instead of the file."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if url.query.get("uri") or Path(database).is_file():
+        return
+    raise ConfigurationError(
+        f"sources.{name}.credentials: no SQLite database at {Path(database).resolve()}; "
+        "create it there or point the source at another database"
+    )
 
 
 def select_tables(name: str, declaration: SqlDatabaseSource, available: Sequence[str]) -> list[str]:
