@@ -80,6 +80,15 @@ class SoftDelete(BaseModel):
     )
 
 
+class ColumnSelection(BaseModel):
+    """Which columns load: only ``include`` (when given), never ``exclude``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include: list[str] | None = None
+    exclude: list[str] = Field(default_factory=list)
+
+
 class TableOptions(BaseModel):
     """How one table (or every table a wildcard matches) loads; unset options inherit from
     the source's ``defaults``."""
@@ -114,6 +123,14 @@ class TableOptions(BaseModel):
     accepted_values: dict[str, list[str]] | None = Field(
         default=None, description="Per column, the values it may hold; others are quarantined."
     )
+    columns: ColumnSelection | None = Field(
+        default=None, description="Columns to load (include) or leave out (exclude)."
+    )
+    mask: list[str] | None = Field(
+        default=None,
+        description="Columns hashed (salted SHA-256, the source's `mask_salt`) before they "
+        "reach the warehouse: PII never stored in clear, still joinable.",
+    )
 
 
 class SqlDatabaseSource(BaseModel):
@@ -139,6 +156,11 @@ class SqlDatabaseSource(BaseModel):
         default=True,
         description="PostgreSQL: a table read whole (first load, refresh) streams into the "
         "warehouse over COPY; dlt reads only its newest rows.",
+    )
+    mask_salt: Reference | None = Field(
+        default=None,
+        description="The secret salt of masked columns ({secret: …} or {env: …}); required "
+        "when a table masks a column. Changing it changes every hash.",
     )
     defaults: TableOptions = Field(default_factory=TableOptions)
     tables: dict[str, TableOptions | None] = Field(

@@ -247,6 +247,8 @@ def _bulk_reads(pipeline: dlt.Pipeline, built: Built, tables: set[str]) -> list[
                 cursor=plan.cursor,
                 soft_delete=plan.soft_delete if plan.delete_flagged else None,
                 schema=built.db_schema,
+                columns=plan.columns,
+                mask=list(plan.mask),
             )
         )
     return reads
@@ -272,7 +274,9 @@ def _completed_loads(pipeline: dlt.Pipeline, load_ids: Collection[str]) -> set[s
     return {row[0] for row in rows}
 
 
-def _finish_bulk_plan(pipeline: dlt.Pipeline, url: URL, plan: Path) -> None:
+def _finish_bulk_plan(
+    pipeline: dlt.Pipeline, url: URL, plan: Path, mask_salt: str | None = None
+) -> None:
     """Streams the planned rest of each table read whole whose load has completed, keeps the
     reads whose load is still pending, and forgets those whose load will never complete (its
     package was aborted or discarded: the table is read whole again). Call it holding the
@@ -288,7 +292,7 @@ def _finish_bulk_plan(pipeline: dlt.Pipeline, url: URL, plan: Path) -> None:
         with pipeline.sql_client() as client:
             for read in streams:
                 raw = client.make_qualified_table_name(read.table)
-                bulk.stream_rest(client.native_connection, raw, url, read)
+                bulk.stream_rest(client.native_connection, raw, url, read, mask_salt)
     waiting = [read for read in reads if read.load_id in pending and read.load_id not in completed]
     if waiting:
         bulk.write_plan(plan, waiting)
@@ -696,7 +700,7 @@ def load_source(
             pipeline.sync_destination()
             resumed = pipeline.has_pending_data
             if db_url:  # an earlier run died between its load and its stream
-                _finish_bulk_plan(pipeline, db_url, plan)
+                _finish_bulk_plan(pipeline, db_url, plan, built.mask_salt)
         full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
@@ -788,7 +792,7 @@ def load_source(
             info: LoadInfo = pipeline.load()
             _counts_path(settings, pipeline).unlink(missing_ok=True)
             if db_url:
-                _finish_bulk_plan(pipeline, db_url, plan)
+                _finish_bulk_plan(pipeline, db_url, plan, built.mask_salt)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
             quarantined = _flush_journal(pipeline, source, journal)

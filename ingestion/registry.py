@@ -31,6 +31,7 @@ class Built:
     url: URL | None = None  # sql_database
     plans: dict[str, TablePlan] = field(default_factory=dict)  # sql_database
     db_schema: str | None = None  # sql_database: the database schema read
+    mask_salt: str | None = field(default=None, repr=False)  # a secret
     bulk_reads: bool = False
 
     @property
@@ -121,8 +122,19 @@ def build(
         url = sql_url(name, settings)
         assert url is not None
         plans = plan_tables(name, source, url)
+        salt = (
+            declared.resolve(source.mask_salt, f"sources.{name}.mask_salt")
+            if source.mask_salt is not None and any(plan.mask for plan in plans.values())
+            else None
+        )
         dlt_source = sql_database_source(
-            name, source, url, plans, bulk_tables=bulk_tables, cursor_limit=cursor_limit
+            name,
+            source,
+            url,
+            plans,
+            bulk_tables=bulk_tables,
+            cursor_limit=cursor_limit,
+            mask_salt=salt,
         )
         return Built(
             name=name,
@@ -134,6 +146,7 @@ def build(
             plans=plans,
             bulk_reads=source.bulk_reads,
             db_schema=source.schema_,
+            mask_salt=salt,
         )
     if window is not None and not windowed_resources(source):
         raise ConfigurationError(

@@ -9,6 +9,7 @@ import dlt
 from dlt.extract import DltSource
 from dlt.extract.incremental import Incremental
 from dlt.sources.sql_database import sql_database
+from dlt.sources.sql_database.schema_types import default_table_adapter
 from sqlalchemy import Select, Table, create_engine, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
@@ -23,6 +24,7 @@ from ingestion.sql_database.helpers import (
     plan_table,
     select_tables,
 )
+from ingestion.sql_database.masking import masker
 from ingestion.sql_database.settings import CHUNK_SIZE
 
 __all__ = ["TablePlan", "backend_for", "database_url", "plan_tables", "sql_database_source"]
@@ -72,6 +74,17 @@ def _whole_table_reads(
     return adapt
 
 
+def _selected_columns(plans: Mapping[str, TablePlan]) -> Callable[[Table], None]:
+    """dlt's table adapter: a table reads only its selected columns."""
+
+    def adapt(table: Table) -> None:
+        plan = plans.get(table.name)
+        if plan is not None and plan.columns is not None:
+            default_table_adapter(table, plan.columns, None)
+
+    return adapt
+
+
 def sql_database_source(
     name: str,
     declaration: SqlDatabaseSource,
@@ -81,6 +94,7 @@ def sql_database_source(
     bulk_tables: Collection[str] = (),
     cursor_limit: datetime | None = None,
     chunk_size: int = CHUNK_SIZE,
+    mask_salt: str | None = None,
 ) -> DltSource:
     """The planned tables as one dlt source named ``name``.
 
@@ -96,10 +110,14 @@ def sql_database_source(
     ``bulk_tables`` (PostgreSQL; read when the tables are extracted, so the caller may fill it
     after creating the source): tables read whole of which dlt reads only the newest rows
     (as of ``cursor_limit``, beyond which a cursor value is not trusted).
+
+    Only a table's selected columns are read; masked ones are hashed with ``mask_salt`` as
+    they are read, before any other step sees them.
     """
     engine = create_engine(url, poolclass=NullPool)
     database = sql_database(
         query_adapter_callback=_whole_table_reads(plans, bulk_tables, cursor_limit),
+        table_adapter_callback=_selected_columns(plans),
         credentials=engine,
         schema=declaration.schema_,
         table_names=list(plans),
@@ -119,7 +137,17 @@ def sql_database_source(
             hints["incremental"] = dlt.sources.incremental(
                 plan.cursor, lag=plan.lag or None, on_cursor_value_missing="include"
             )
+        columns: dict[str, Any] = {}
         if plan.mode == "merge" and plan.delete_flagged:
-            hints["columns"] = {plan.soft_delete: {"hard_delete": True}}
+            columns[plan.soft_delete] = {"hard_delete": True}
+        if plan.mask:
+            assert mask_salt is not None
+            resource.add_map(masker(plan.mask, mask_salt), insert_at=1)
+            columns |= {
+                column: {"name": column, "data_type": "text", "precision": None}
+                for column in plan.mask
+            }
+        if columns:
+            hints["columns"] = columns
         resource.apply_hints(**hints)
     return database

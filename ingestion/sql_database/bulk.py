@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from ingestion.sql_database import adbc
+from ingestion.sql_database.masking import masked_batches
 
 
 def newest_rows(query: Select, table: Table, cursor: str, limit: datetime | None = None) -> Select:
@@ -61,6 +62,8 @@ class BulkRead:
     cursor: str
     soft_delete: str | None = None  # rows with it set are left out
     schema: str | None = None
+    columns: list[str] | None = None  # the columns read; None: all
+    mask: list[str] = field(default_factory=list)  # hashed with the source's salt
 
 
 def plan_path(pipelines_dir: Path, pipeline_name: str) -> Path:
@@ -90,7 +93,12 @@ def _rest_query(url: URL, read: BulkRead) -> str:
         below = parse(read.below) if parse else read.below
         if isinstance(below, datetime) and below.tzinfo and not cursor.type.timezone:
             below = below.replace(tzinfo=None)  # naive columns hold UTC
-        query = table.select().where(or_(cursor < below, cursor.is_(None)))
+        selected = (
+            select(*(table.c[column] for column in read.columns))
+            if read.columns is not None
+            else table.select()
+        )
+        query = selected.where(or_(cursor < below, cursor.is_(None)))
         if read.soft_delete:
             query = query.where(table.c[read.soft_delete].is_(None))
         return str(query.compile(engine, compile_kwargs={"literal_binds": True}))
@@ -98,12 +106,18 @@ def _rest_query(url: URL, read: BulkRead) -> str:
         engine.dispose()
 
 
-def stream_rest(connection: Any, raw_table: str, url: URL, read: BulkRead) -> int:
+def stream_rest(
+    connection: Any, raw_table: str, url: URL, read: BulkRead, mask_salt: str | None = None
+) -> int:
     """Streams the rows below the mark into ``raw_table`` (a DuckDB connection's table), the
-    ones whose key it does not hold yet. Returns the rows inserted."""
+    ones whose key it does not hold yet, masked columns hashed on the way. Returns the rows
+    inserted."""
     query = _rest_query(url, read)
     on = " and ".join(f"r.{key} = s.{key}" for key in read.keys)
     with adbc.record_batches(url, query) as stream:
+        if read.mask:
+            assert mask_salt is not None, "masked columns need the source's salt"
+            stream = masked_batches(stream, read.mask, mask_salt)
         connection.register("tributary_bulk_rows", stream)
         try:
             [(inserted,)] = connection.execute(

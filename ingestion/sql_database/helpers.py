@@ -29,6 +29,8 @@ class TablePlan:
     delete_flagged: bool  # policy delete: a flagged row is deleted from the warehouse
     reconcile_deletes: bool
     accepted_values: dict[str, tuple[str, ...]]
+    columns: list[str] | None = None  # the columns read; None: all
+    mask: tuple[str, ...] = ()
 
     @property
     def incremental(self) -> bool:
@@ -132,6 +134,38 @@ def plan_table(
         missing("soft_delete.column", [soft.column])
     accepted = options.accepted_values or {}
     missing("accepted_values", list(accepted))
+    selection = options.columns
+    read = columns
+    if selection is not None:
+        missing("columns.include", selection.include or [])
+        missing("columns.exclude", selection.exclude)
+        read = [
+            column
+            for column in columns
+            if (selection.include is None or column in selection.include)
+            and column not in selection.exclude
+        ]
+        needed = [*keys, *([cursor] if cursor else []), *([soft_column] if soft_column else [])]
+        left_out = [column for column in needed if column not in read]
+        if left_out:
+            raise ConfigurationError(
+                f"{where}: columns leaves out {', '.join(left_out)}, which the table's key, "
+                "cursor or soft delete needs"
+            )
+    mask = list(options.mask or [])
+    missing("mask", mask)
+    if mask:
+        protected = [c for c in mask if c in keys or c in (cursor, soft_column)]
+        if protected:
+            raise ConfigurationError(
+                f"{where}: mask {', '.join(protected)}: a key, cursor or soft-delete column "
+                "cannot be masked (loads and deletes match on its value)"
+            )
+        if declaration.mask_salt is None:
+            raise ConfigurationError(
+                f"sources.{name}.mask_salt: {table} masks {', '.join(mask)} and no salt is "
+                "declared; add mask_salt: {secret: sources." + name + ".mask_salt}"
+            )
     return TablePlan(
         table=table,
         mode=mode,
@@ -142,4 +176,6 @@ def plan_table(
         delete_flagged=bool(soft_column) and soft is not None and soft.policy == "delete",
         reconcile_deletes=mode == "merge" and options.reconcile_deletes is not False,
         accepted_values={column: tuple(values) for column, values in accepted.items()},
+        columns=read if selection is not None else None,
+        mask=tuple(column for column in mask if column in read),
     )

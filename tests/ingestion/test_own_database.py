@@ -6,6 +6,7 @@ source after a first load and after changes, deletes included."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,3 +261,92 @@ def test_an_emptied_table_read_whole_stops_before_deleting(erp: str, tmp_path: P
     assert by_table["order_lines"].deleted == lines[0][0]
     assert by_table["notes"].deleted == notes[0][0]
     _assert_equal_to_source(settings, erp)
+
+
+def _hash(salt: str, value: str | None) -> str | None:
+    return None if value is None else hashlib.sha256((salt + value).encode()).hexdigest()
+
+
+def test_masked_and_left_out_columns_never_reach_the_warehouse_in_clear(
+    erp: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL: a first load streams in bulk, the next reads incrementally through dlt, a
+    row from the future is quarantined — each path hashes the masked columns and never reads
+    the excluded one."""
+    salt = "pepper-" + tmp_path.name
+    monkeypatch.setenv("TRIBUTARY_TEST_MASK_SALT", salt)
+    engine = create_engine(erp)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "create schema crm;"
+            "create table crm.people (person_id integer primary key, email text not null,"
+            " phone text, notes text, updated_at timestamptz not null);"
+            "insert into crm.people select i, 'person' || i || '@example.com',"
+            " case when i %% 5 <> 0 then '+44 20 7946 ' || i end, 'private note ' || i,"
+            " timestamptz '2026-01-01 00:00+00' + i * interval '1 second'"
+            " from generate_series(1, 300) as i;"
+            "insert into crm.people values (999, 'future@example.com', null, 'x',"
+            " timestamptz '2099-01-01 00:00+00');"
+        )
+    engine.dispose()
+    path = tmp_path / "sources.yml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "sources": {
+                    "crm": {
+                        "type": "sql_database",
+                        "credentials": erp,
+                        "schema": "crm",
+                        "mask_salt": {"env": "TRIBUTARY_TEST_MASK_SALT"},
+                        "defaults": {"cursor": "updated_at", "lag": 0},
+                        "tables": {
+                            "people": {
+                                "mask": ["email", "phone"],
+                                "columns": {"exclude": ["notes"]},
+                            }
+                        },
+                    }
+                }
+            }
+        )
+    )
+    settings = Settings(data_dir=tmp_path, sources_file=path)
+
+    def expected() -> list[tuple]:
+        return sorted(
+            (person_id, _hash(salt, email), _hash(salt, phone))
+            for person_id, email, phone in _source(
+                erp, "select person_id, email, phone from crm.people where person_id <> 999"
+            )
+        )
+
+    first = run_source("crm", settings)
+    assert first.rows_quarantined == 1
+    assert _warehouse(settings, "select person_id, email, phone from raw_crm.people") == expected()
+    engine = create_engine(erp)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "update crm.people set email = 'changed' || person_id || '@example.org',"
+            " updated_at = now() where person_id <= 10;"
+            "insert into crm.people values (301, 'new@example.com', '+1 555 0100', 'y', now());"
+        )
+    engine.dispose()
+    run_source("crm", settings)
+    assert _warehouse(settings, "select person_id, email, phone from raw_crm.people") == expected()
+    assert "notes" not in {
+        name
+        for (name,) in _warehouse(
+            settings,
+            "select column_name from information_schema.columns where table_name = 'people'",
+        )
+    }
+    payloads = _warehouse(settings, "select payload from quarantine.rows where source = 'crm'")
+    assert len(payloads) == 1 and _hash(salt, "future@example.com") in payloads[0][0]
+    # Nowhere on disk in clear: not in the warehouse file, the quarantine, dlt's packages.
+    files = [settings.warehouse, *settings.pipelines_dir.rglob("*")]
+    clear = [b"@example.com", b"@example.org", b"private note", b"7946"]
+    for file in files:
+        if file.is_file():
+            content = file.read_bytes()
+            assert not [c for c in clear if c in content], file
