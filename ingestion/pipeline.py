@@ -243,12 +243,13 @@ def _bulk_reads(pipeline: dlt.Pipeline, built: Built, tables: set[str]) -> list[
                 table=table,
                 load_id=load_id,
                 below=bulk.cursor_value(cursor["last_value"]),
-                keys=_key_columns(pipeline, table),
+                keys=[plan.raw(key) for key in plan.keys],
                 cursor=plan.cursor,
                 soft_delete=plan.soft_delete if plan.delete_flagged else None,
                 schema=built.db_schema,
-                columns=plan.columns,
-                mask=list(plan.mask),
+                raw_table=plan.raw_table,
+                labels=dict(plan.raw_columns),
+                mask=[plan.raw(column) for column in plan.mask],
             )
         )
     return reads
@@ -291,7 +292,7 @@ def _finish_bulk_plan(
     if streams:
         with pipeline.sql_client() as client:
             for read in streams:
-                raw = client.make_qualified_table_name(read.table)
+                raw = client.make_qualified_table_name(read.raw_table or read.table)
                 bulk.stream_rest(client.native_connection, raw, url, read, mask_salt)
     waiting = [read for read in reads if read.load_id in pending and read.load_id not in completed]
     if waiting:
@@ -310,7 +311,7 @@ def _contracts(built: Built, dlt_source: DltSource, cursor_limit: datetime) -> l
         columns = resource.compute_table_schema()["columns"]
         contracts.append(
             Contract(
-                table=name,
+                table=built.raw_name(name),
                 keys=[column for column, hints in columns.items() if hints.get("primary_key")],
                 cursor=guards.cursor_column(resource),
                 cursor_limit=cursor_limit,
@@ -497,7 +498,9 @@ def _reconcile(
     with pipeline.sql_client() as client:
         connection = client.native_connection
         missing = {
-            snap.table: missing_keys(connection, client.make_qualified_table_name(snap.table), snap)
+            snap.raw_table: missing_keys(
+                connection, client.make_qualified_table_name(snap.raw_table), snap
+            )
             for snap in snapshots
         }
         totals = _count_rows(pipeline, list(missing))
@@ -678,12 +681,17 @@ def load_source(
     if full_refresh:
         refresh = "drop_sources"
     elif refresh_tables:
-        unknown = sorted(set(refresh_tables) - set(dlt_source.resources))
+        # A table by the source's name or the warehouse's
+        by_name = {built.raw_name(r): r for r in dlt_source.resources} | {
+            r: r for r in dlt_source.resources
+        }
+        unknown = sorted(set(refresh_tables) - set(by_name))
         if unknown:
             raise ConfigurationError(
                 f"{source}: no table {', '.join(unknown)} to refresh; its tables are "
                 f"{', '.join(sorted(dlt_source.resources))}"
             )
+        refresh_tables = [by_name[table] for table in refresh_tables]
         dlt_source = dlt_source.with_resources(*refresh_tables)
         refresh = "drop_resources"
     mirrored = built.mirrored
@@ -725,17 +733,27 @@ def load_source(
                 bulk_tables.update(_bulk_eligible(built, full_reads))
             stored = {} if refresh else _stored_columns(pipeline)
             if mirrored:
-                for table in dlt_source.resources.selected:
+                for resource in dlt_source.resources.selected:
+                    table = built.raw_name(resource)
                     if table in stored:
-                        current = dlt_source.resources[table].compute_table_schema()["columns"]
+                        current = {
+                            built.plans[resource].raw_columns.get(column, column): hints
+                            for column, hints in dlt_source.resources[resource]
+                            .compute_table_schema()["columns"]
+                            .items()
+                        }
                         schema_changes += drift.reflected_changes(table, stored[table], current)
                 if schema_changes and contract_mode == "freeze":
                     raise GuardError(
                         drift.frozen_message(source, pipeline.dataset_name, schema_changes)
                     )
                 _evolve(pipeline, dlt_source, settings, schema_changes, stored)
-            for contract in _contracts(built, dlt_source, cursor_limit):
-                guards.guard(dlt_source.resources[contract.table], contract, journal)
+            for resource, contract in zip(
+                dlt_source.resources.selected,
+                _contracts(built, dlt_source, cursor_limit),
+                strict=True,
+            ):
+                guards.guard(dlt_source.resources[resource], contract, journal)
             try:
                 # parquet for every table, dicts too: the guards and the counts read it
                 extracted = pipeline.extract(
@@ -758,17 +776,29 @@ def load_source(
             if bulk_tables:
                 bulk.write_plan(plan, _bulk_reads(pipeline, built, bulk_tables))
         _quarantine_duplicates(pipeline, journal, collapse_identical=not mirrored)
-        tables = sorted(set(dlt_source.resources.selected) | set(_loaded_rows(pipeline)))
+        selected = list(dlt_source.resources.selected)
+        tables = sorted({built.raw_name(r) for r in selected} | set(_loaded_rows(pipeline)))
+        whole = {built.raw_name(resource) for resource in full_reads}
+        streamed = {built.raw_name(resource) for resource in bulk_tables}
         # Keys are read after extraction: a key loaded now is in them unless deleted since.
         snapshots = (
             [
-                key_snapshot(db_url, table, keys, _integer_key(pipeline, table), built.db_schema)
-                for table in tables
-                if table in built.plans
-                and table not in full_reads
-                and built.plans[table].mode == "merge"
-                and (built.plans[table].reconcile_deletes if reconcile_deletes is None else True)
-                and (keys := _key_columns(pipeline, table))
+                key_snapshot(
+                    db_url,
+                    resource,
+                    how.keys,
+                    _integer_key(pipeline, how.raw_table),
+                    built.db_schema,
+                    raw_table=how.raw_table,
+                    raw_keys=[how.raw(key) for key in how.keys],
+                )
+                for resource, how in built.plans.items()
+                if resource in selected
+                and resource not in full_reads
+                and how.mode == "merge"
+                and how.keys
+                and (how.reconcile_deletes if reconcile_deletes is None else True)
+                and _key_columns(pipeline, how.raw_table)
             ]
             if db_url and reconcile_deletes is not False
             else []
@@ -776,7 +806,7 @@ def load_source(
         fresh = bool(refresh) and not resumed
         with warehouse_lock(settings):
             before, changes = _load_counts(
-                settings, pipeline, tables, full_reads, fresh, streamed=bulk_tables
+                settings, pipeline, tables, whole, fresh, streamed=streamed
             )
             stops = (
                 []
@@ -805,7 +835,7 @@ def load_source(
         if table in changes:
             new, updated, deleted = changes[table]
         else:  # a whole table, no key or not arrow: counted from row totals
-            new = after[table] - (0 if fresh or table in full_reads else before[table])
+            new = after[table] - (0 if fresh or table in whole else before[table])
             updated, deleted = loaded.get(table, 0) - new, 0
         table_loads.append(
             TableLoad(

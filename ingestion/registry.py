@@ -16,6 +16,7 @@ from ingestion import declared
 from ingestion.declared import RestApiSource, SourcesFile, SqlDatabaseSource
 from ingestion.rest_api import accepted_values, rest_api, windowed_resources
 from ingestion.sql_database import TablePlan, database_url, plan_tables, sql_database_source
+from ingestion.sql_database.helpers import NAMING
 from tributary.settings import ConfigurationError, Settings
 
 
@@ -33,6 +34,11 @@ class Built:
     db_schema: str | None = None  # sql_database: the database schema read
     mask_salt: str | None = field(default=None, repr=False)  # a secret
     bulk_reads: bool = False
+
+    def raw_name(self, resource: str) -> str:
+        """The warehouse's name for a resource's table (dlt's naming)."""
+        plan = self.plans.get(resource)
+        return plan.raw_table if plan else NAMING.normalize_table_identifier(resource)
 
     @property
     def mirrored(self) -> bool:

@@ -58,12 +58,13 @@ class BulkRead:
     table: str
     load_id: str
     below: str  # ISO cursor value: rows under it are streamed
-    keys: list[str]
+    keys: list[str]  # raw names
     cursor: str
     soft_delete: str | None = None  # rows with it set are left out
     schema: str | None = None
-    columns: list[str] | None = None  # the columns read; None: all
-    mask: list[str] = field(default_factory=list)  # hashed with the source's salt
+    raw_table: str = ""  # the warehouse's name for the table
+    labels: dict[str, str] = field(default_factory=dict)  # source column → its raw name
+    mask: list[str] = field(default_factory=list)  # raw names, hashed with the source's salt
 
 
 def plan_path(pipelines_dir: Path, pipeline_name: str) -> Path:
@@ -93,11 +94,8 @@ def _rest_query(url: URL, read: BulkRead) -> str:
         below = parse(read.below) if parse else read.below
         if isinstance(below, datetime) and below.tzinfo and not cursor.type.timezone:
             below = below.replace(tzinfo=None)  # naive columns hold UTC
-        selected = (
-            select(*(table.c[column] for column in read.columns))
-            if read.columns is not None
-            else table.select()
-        )
+        # The source's names, labelled with the warehouse's: the rows insert by name.
+        selected = select(*(table.c[column].label(raw) for column, raw in read.labels.items()))
         query = selected.where(or_(cursor < below, cursor.is_(None)))
         if read.soft_delete:
             query = query.where(table.c[read.soft_delete].is_(None))

@@ -4,16 +4,20 @@ one loads."""
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dlt.common.configuration.specs import ConnectionStringCredentials
+from dlt.common.normalizers.naming.snake_case import NamingConvention
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.engine.reflection import Inspector
 
 from ingestion.declared import SqlDatabaseSource, matches
 from ingestion.sql_database.settings import DRIVERS
 from tributary.settings import ConfigurationError
+
+# dlt's naming in the warehouse: `Order Lines` → order_lines, `CustomerID` → customer_id.
+NAMING = NamingConvention()
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class TablePlan:
     accepted_values: dict[str, tuple[str, ...]]
     columns: list[str] | None = None  # the columns read; None: all
     mask: tuple[str, ...] = ()
+    raw_table: str = ""  # the warehouse's name for it (dlt's naming: snake_case)
+    raw_columns: dict[str, str] = field(default_factory=dict)  # every column read → its raw name
+
+    def raw(self, column: str) -> str:
+        return self.raw_columns[column]
 
     @property
     def incremental(self) -> bool:
@@ -178,4 +187,6 @@ def plan_table(
         accepted_values={column: tuple(values) for column, values in accepted.items()},
         columns=read if selection is not None else None,
         mask=tuple(column for column in mask if column in read),
+        raw_table=NAMING.normalize_table_identifier(table),
+        raw_columns={column: NAMING.normalize_identifier(column) for column in read},
     )

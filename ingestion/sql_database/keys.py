@@ -12,7 +12,7 @@ small read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -38,6 +38,8 @@ class KeySnapshot:
     keys: pa.Table | None = None
     buckets: pa.Table | None = None
     schema: str | None = None
+    raw_table: str = ""  # the warehouse's name for the table; key_columns are raw names too
+    source_columns: list[str] = field(default_factory=list)  # the key as the source names it
 
     def quoted_name(self) -> str:
         preparer = _quoted(self.url)
@@ -80,16 +82,33 @@ def snapshot(
     key_columns: Sequence[str],
     integer_key: bool,
     schema: str | None = None,
+    *,
+    raw_table: str | None = None,
+    raw_keys: Sequence[str] | None = None,
 ) -> KeySnapshot:
+    """The source's keys of ``table`` (``key_columns`` as the source names them), labelled
+    with the warehouse's names (``raw_keys``, default the same) for comparing with
+    ``raw_table``."""
     preparer = _quoted(url)
-    empty = KeySnapshot(url, table, list(key_columns), schema=schema)
-    name = empty.quoted_name()
+    raw = list(raw_keys or key_columns)
+    shape = KeySnapshot(
+        url,
+        table,
+        raw,
+        schema=schema,
+        raw_table=raw_table or table,
+        source_columns=list(key_columns),
+    )
+    name = shape.quoted_name()
     columns = [preparer.quote(column) for column in key_columns]
+    labelled = [
+        f"{column} as {preparer.quote(label)}" for column, label in zip(columns, raw, strict=True)
+    ]
     if integer_key and len(columns) == 1 and url.get_backend_name() == "postgresql":
         buckets = _read(url, f"select {_checksums(columns[0])} from {name} group by 1")
-        return KeySnapshot(url, table, list(key_columns), buckets=buckets, schema=schema)
-    keys = _read(url, f"select {', '.join(columns)} from {name}")
-    return KeySnapshot(url, table, list(key_columns), keys=keys, schema=schema)
+        return replace(shape, buckets=buckets)
+    keys = _read(url, f"select {', '.join(labelled)} from {name}")
+    return replace(shape, keys=keys)
 
 
 def missing_keys(connection: Any, raw_table: str, snap: KeySnapshot) -> pa.Table:
@@ -115,17 +134,20 @@ def missing_keys(connection: Any, raw_table: str, snap: KeySnapshot) -> pa.Table
             return pa.table({"rowid": pa.array([], pa.int64())})
         buckets = [int(bucket) for (bucket,) in differing]
         preparer = _quoted(snap.url)
-        quoted, name = preparer.quote(key), snap.quoted_name()
+        [source_key] = snap.source_columns
+        quoted, name = preparer.quote(source_key), snap.quoted_name()
         if len(buckets) <= MAX_BUCKET_READS:
             ranges = " or ".join(
                 f"({quoted} >= {low} and {quoted} < {low + (1 << BUCKET_BITS)})"
                 for low in (bucket << BUCKET_BITS for bucket in buckets)
             )
-            keys = _read(snap.url, f"select {quoted} from {name} where {ranges}")
+            keys = _read(
+                snap.url, f"select {quoted} as {preparer.quote(key)} from {name} where {ranges}"
+            )
             listed = ", ".join(map(str, buckets))
             where = f"and (cast(r.{key} as bigint) >> {BUCKET_BITS}) in ({listed})"
         else:
-            keys = _read(snap.url, f"select {quoted} from {name}")
+            keys = _read(snap.url, f"select {quoted} as {preparer.quote(key)} from {name}")
     connection.register("tributary_source_keys", keys)
     try:
         return connection.execute(
