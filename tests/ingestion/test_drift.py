@@ -16,6 +16,7 @@ from demo.generate import generate
 from ingestion.guards import GuardError
 from ingestion.pipeline import make_pipeline, run_source
 from tests.ingestion.test_guards import LOOSE_PAYMENTS
+from tests.sourcefiles import scratch_settings
 from tributary.settings import Settings
 
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
@@ -36,10 +37,11 @@ def _query(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
 
 @pytest.fixture
 def shop(tmp_path: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=60, seed=9)
+    shop = tmp_path / "shop.sqlite"
+    settings = scratch_settings(tmp_path, shop=shop)
+    generate(f"sqlite:///{shop}", settings.demo_api_db, orders=60, seed=9)
     run_source("shop", settings)
-    with sqlite3.connect(settings.shop_sqlite_path) as connection:
+    with sqlite3.connect(shop) as connection:
         # stamped after the first load, so the next one reads the changed rows
         connection.executescript(DRIFT.format(now=f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S}"))
     return settings
@@ -104,12 +106,12 @@ def test_an_api_field_that_is_new_or_changes_type_is_drift(
     from demo.api import serve_in_background
 
     settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=30, seed=8)
+    generate(f"sqlite:///{tmp_path / 'shop.sqlite'}", settings.demo_api_db, orders=30, seed=8)
     with sqlite3.connect(settings.demo_api_db) as connection:
         connection.executescript(LOOSE_PAYMENTS)
     monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "token")
     with serve_in_background(settings.demo_api_db, "token") as url:
-        api = settings.model_copy(update={"payments_api_url": url})
+        api = scratch_settings(tmp_path, api=url)
         run_source("payments", api)
         with sqlite3.connect(settings.demo_api_db) as connection:
             connection.executescript(

@@ -16,19 +16,21 @@ from typing import Any
 
 import duckdb
 import pytest
+import yaml
 from dlt.load.load import Load
 from typer.testing import CliRunner
 
 from demo.api import serve_in_background
 from demo.generate import generate
 from demo.simulate import simulate
+from ingestion import registry
 from ingestion.guards import GuardError
-from ingestion.payments import payments
-from ingestion.pipeline import ACCEPTED_VALUES, PipelineFailed, make_pipeline, run_source
+from ingestion.pipeline import PipelineFailed, make_pipeline, run_source
 from ingestion.replay import replay_quarantined
 from tests.ingestion.test_shop import SCHEMA
+from tests.sourcefiles import scratch_settings
 from tributary.cli import app
-from tributary.settings import Settings, get_settings
+from tributary.settings import ConfigurationError, Settings, get_settings
 
 NOW = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
 RECENT = (NOW - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
@@ -52,11 +54,15 @@ def _quarantine(settings: Settings) -> list[tuple[Any, ...]]:
 def shop(tmp_path: Path) -> Settings:
     with sqlite3.connect(tmp_path / "shop.sqlite") as connection:
         connection.executescript(SCHEMA)
-    return Settings(data_dir=tmp_path)
+    return scratch_settings(tmp_path, shop=tmp_path / "shop.sqlite")
+
+
+def _shop_path(settings: Settings) -> Path:
+    return settings.data_dir / "shop.sqlite"
 
 
 def _shop(settings: Settings, sql: str) -> None:
-    with sqlite3.connect(settings.shop_sqlite_path) as connection:
+    with sqlite3.connect(_shop_path(settings)) as connection:
         connection.executescript(sql)
 
 
@@ -165,7 +171,20 @@ def test_a_table_without_a_primary_key_is_replaced_not_appended_again(shop: Sett
         f"insert into visits values (1, 'home', '{RECENT}'), (1, 'home', '{RECENT}'),"
         f" (2, 'cart', '{RECENT}');",
     )
-    settings = shop.model_copy(update={"shop_tables": ["visits"]})
+    # Merged on no key, rows re-read in the lag window would pile up: refused until declared.
+    unkeyed = scratch_settings(shop.data_dir, shop=_shop_path(shop), tables=["visits"])
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^sources\.shop\.tables\.visits: mode merge needs a primary_key and visits has "
+        r"none; declare `primary_key` \(the columns that identify a row\) or use `mode: replace`$",
+    ):
+        run_source("shop", unkeyed)
+    assert not unkeyed.warehouse.exists()
+    settings = scratch_settings(
+        shop.data_dir,
+        shop=_shop_path(shop),
+        shop_options={"tables": {"visits": {"mode": "replace"}}},
+    )
     run_source("shop", settings)
     run_source("shop", settings)
     _shop(shop, f"insert into visits values (3, 'pay', '{LATER}');")
@@ -211,12 +230,12 @@ drop table loose;
 @pytest.fixture
 def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=40, seed=7)
+    generate(f"sqlite:///{tmp_path / 'shop.sqlite'}", settings.demo_api_db, orders=40, seed=7)
     with sqlite3.connect(settings.demo_api_db) as connection:
         connection.executescript(LOOSE_PAYMENTS)
     with serve_in_background(settings.demo_api_db, "token") as url:
         monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "token")
-        yield settings.model_copy(update={"payments_api_url": url})
+        yield scratch_settings(tmp_path, api=url)
 
 
 def _store(settings: Settings, sql: str, rows: list[tuple[Any, ...]] = ()) -> None:
@@ -328,7 +347,7 @@ def test_a_package_that_cannot_be_normalised_is_set_aside_with_its_rows_quaranti
         [(None, LATER, LATER), ("q-good", LATER, LATER)],
     )
     pipeline = make_pipeline("payments", api)
-    pipeline.extract(payments(base_url=api.payments_api_url))
+    pipeline.extract(registry.build("payments", api).source)
     with pytest.raises(Exception, match="payment_id"):
         pipeline.normalize()
     [load_id] = pipeline.list_extracted_load_packages()
@@ -367,8 +386,8 @@ def test_a_package_that_cannot_be_normalised_is_set_aside_with_its_rows_quaranti
 
 @pytest.fixture
 def sample(tmp_path: Path) -> Settings:
-    settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=120, seed=3)
+    settings = scratch_settings(tmp_path, shop=tmp_path / "shop.sqlite")
+    generate(f"sqlite:///{_shop_path(settings)}", settings.demo_api_db, orders=120, seed=3)
     run_source("shop", settings)
     return settings
 
@@ -443,11 +462,11 @@ def test_a_mass_soft_delete_stops_before_loading_and_forgets_the_package(
 
 
 def test_counts_after_a_resumed_load_are_exact(sample: Settings, tmp_path: Path) -> None:
-    simulate(sample.shop_connection_url, sample.demo_api_db, now=NOW, seed=4, deletes=False)
+    simulate(f"sqlite:///{_shop_path(sample)}", sample.demo_api_db, now=NOW, seed=4, deletes=False)
     # The same state twice: one copy loads uninterrupted, the other is killed mid-load.
     twin_dir = tmp_path.parent / f"{tmp_path.name}-twin"
     shutil.copytree(tmp_path, twin_dir)
-    twin = sample.model_copy(update={"data_dir": twin_dir})
+    twin = scratch_settings(twin_dir, shop=twin_dir / "shop.sqlite")
     expected = {t.table: (t.new, t.updated, t.deleted) for t in run_source("shop", twin).tables}
     assert expected["orders"][0] > 0 and expected["orders"][1] > 0
 
@@ -499,12 +518,12 @@ def test_replay_loads_the_rows_that_pass_the_contract_now(
     run_source("payments", api)
     # The provider starts taking a new currency: the contract widens, and the rows it kept
     # out can come in. The others still fail, for the same reasons.
-    monkeypatch.setitem(
-        ACCEPTED_VALUES["payments"]["payments"], "currency", ("USD", "EUR", "GBP", "XYZ")
-    )
+    declared = yaml.safe_load(api.sources_path.read_text())
+    declared["sources"]["payments"]["resources"][0]["accepted_values"]["currency"].append("XYZ")
+    api.sources_path.write_text(yaml.safe_dump(declared, sort_keys=False))
     # As an operator would: list, then replay, from the command line.
     monkeypatch.setenv("TRIBUTARY_DATA_DIR", str(api.data_dir))
-    monkeypatch.setenv("TRIBUTARY_PAYMENTS_API_URL", api.payments_api_url)
+    monkeypatch.setenv("TRIBUTARY_SOURCES_FILE", str(api.sources_path))
     get_settings.cache_clear()
     listed = CliRunner().invoke(app, ["quarantine", "list", "--source", "payments"])
     assert listed.exit_code == 0, listed.output

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from ingestion.pipeline import SOURCE_FACTORIES, make_pipeline, run_source
+from ingestion import registry
+from ingestion.pipeline import make_pipeline, run_source
+from tests.sourcefiles import scratch_settings
 from tributary.settings import ConfigurationError, Settings
 
 SCHEMA = """
@@ -38,7 +41,11 @@ insert into order_items values (1, 1, 1, 2, 500, '2026-02-01 10:00:00');
 def settings(tmp_path: Path) -> Settings:
     with sqlite3.connect(tmp_path / "shop.sqlite") as connection:
         connection.executescript(SCHEMA)
-    return Settings(data_dir=tmp_path)
+    return scratch_settings(tmp_path, shop=tmp_path / "shop.sqlite")
+
+
+def _shop(settings: Settings) -> Path:
+    return settings.data_dir / "shop.sqlite"
 
 
 def _orders(settings: Settings) -> list[tuple]:
@@ -66,7 +73,7 @@ def test_incremental_merge_loads_only_changes_and_replaces_updated_rows(
     assert all((t.new, t.updated, t.deleted) == (0, 0, 0) for t in again.tables), again
     assert len(_orders(settings)) == 1
 
-    with sqlite3.connect(settings.shop_sqlite_path) as connection:
+    with sqlite3.connect(_shop(settings)) as connection:
         connection.executescript(
             "update orders set status = 'returned', updated_at = '2026-03-01 00:00:00'"
             " where order_id = 1;"
@@ -90,17 +97,22 @@ def test_full_refresh_reloads_everything(settings: Settings) -> None:
 
 
 def test_missing_shop_database_names_the_setting(tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path)
-    with pytest.raises(ConfigurationError, match="TRIBUTARY_SHOP_DB_PATH"):
+    shop = tmp_path / "shop.sqlite"
+    settings = scratch_settings(tmp_path, shop=shop)
+    with pytest.raises(
+        ConfigurationError,
+        match=f"^sources\\.shop\\.credentials: no SQLite database at {re.escape(str(shop))}; ",
+    ):
         run_source("shop", settings)
     assert not settings.warehouse.exists()
+    assert not shop.exists()  # not created empty by connecting to it
 
 
 def test_a_failed_load_is_finished_by_the_next_attempt_without_extracting_again(
     settings: Settings,
 ) -> None:
     run_source("shop", settings)
-    with sqlite3.connect(settings.shop_sqlite_path) as connection:
+    with sqlite3.connect(_shop(settings)) as connection:
         connection.execute(
             "insert into orders values (2, 2, 1, '2026-03-01 10:00:00', 'placed', 500, 50, 550,"
             " '2026-03-01 10:00:00')"
@@ -108,12 +120,12 @@ def test_a_failed_load_is_finished_by_the_next_attempt_without_extracting_again(
     # An attempt that dies between normalise and load (killed, out of memory) leaves its
     # load package pending — made here with dlt's own steps, as run_source runs them.
     pipeline = make_pipeline("shop", settings)
-    pipeline.extract(SOURCE_FACTORIES["shop"](settings))
+    pipeline.extract(registry.build("shop", settings).source)
     pipeline.normalize()
     assert pipeline.has_pending_data
 
     # Meanwhile the source moved on; the retry loads what the failed attempt extracted, only.
-    with sqlite3.connect(settings.shop_sqlite_path) as connection:
+    with sqlite3.connect(_shop(settings)) as connection:
         connection.execute(
             "insert into orders values (3, 1, 1, '2026-03-02 10:00:00', 'placed', 700, 70, 770,"
             " '2026-03-02 10:00:00')"

@@ -18,12 +18,15 @@ from sqlalchemy.exc import DBAPIError
 from demo.generate import generate
 from demo.simulate import simulate
 from ingestion.pipeline import run_source
-from ingestion.shop import adbc, database_url
+from ingestion.sql_database import adbc, database_url
 from tests.servers import throwaway_database
+from tests.sourcefiles import scratch_settings
 from tributary.errors import causes
 from tributary.settings import ConfigurationError, Settings
 
 pytestmark = pytest.mark.integration
+
+SHOP_TABLES = ("customers", "stores", "products", "orders", "order_items")
 
 GRANTS = {
     "postgresql": (
@@ -77,7 +80,7 @@ def test_a_read_only_role_is_all_the_pipeline_needs(
     api_db = tmp_path_factory.mktemp("api") / "payments.sqlite"
     generate(shop_url, api_db, orders=150, seed=41)
     with read_only_user(server, shop_url) as (reader_url, _):
-        settings = Settings(data_dir=tmp_path_factory.mktemp("warehouse"), shop_url=reader_url)
+        settings = scratch_settings(tmp_path_factory.mktemp("warehouse"), shop=reader_url)
         first = run_source("shop", settings)
         assert {t.table: t.new for t in first.tables}["orders"] == 150
         change = simulate(shop_url, api_db, seed=42)
@@ -106,17 +109,15 @@ def test_tls_settings_reach_both_connections(tmp_path_factory: pytest.TempPathFa
         required = make_url(url).update_query_dict({"sslmode": "require"})
         with pytest.raises(Exception, match=r"(?i)ssl"):
             adbc.connect(required).close()
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("warehouse"),
-            shop_url=required.render_as_string(False),
+        settings = scratch_settings(
+            tmp_path_factory.mktemp("warehouse"), shop=required.render_as_string(False)
         )
         with pytest.raises(Exception, match=r"(?i)ssl"):
             run_source("shop", settings)
         disabled = make_url(url).update_query_dict({"sslmode": "disable"})
         assert "sslmode=disable" in adbc.libpq_url(disabled)
-        settings = Settings(
-            data_dir=tmp_path_factory.mktemp("warehouse"),
-            shop_url=disabled.render_as_string(False),
+        settings = scratch_settings(
+            tmp_path_factory.mktemp("warehouse"), shop=disabled.render_as_string(False)
         )
         assert {t.table: t.new for t in run_source("shop", settings).tables}["orders"] == 10
 
@@ -137,10 +138,11 @@ def test_credentials_never_appear_in_errors_or_logs(
             (reader_url, ["orders", "no_such_table"]),
             (make_url(reader_url).set(port=1).render_as_string(False), None),
         ):
-            settings = Settings(
-                data_dir=tmp_path_factory.mktemp("warehouse"), shop_url=url, shop_tables=tables
+            settings = scratch_settings(
+                tmp_path_factory.mktemp("warehouse"), shop=url, tables=tables
             )
             assert password not in repr(settings)
+            assert password not in settings.sources_path.read_text()  # a reference to it
             with pytest.raises(Exception) as failure:
                 run_source("shop", settings)
             failures.append(failure.value)
@@ -148,7 +150,9 @@ def test_credentials_never_appear_in_errors_or_logs(
         chain = list(causes(failure))
         assert all(password not in str(exc) and password not in repr(exc) for exc in chain)
     assert isinstance(failures[0], ConfigurationError)
-    assert "TRIBUTARY_SHOP_TABLES" in str(failures[0]) and "no_such_table" in str(failures[0])
+    problem, listed = str(failures[0]).split("; the database has: ")
+    assert problem == "sources.shop.tables.no_such_table: no such table"
+    assert sorted(listed.split(", ")) == sorted(SHOP_TABLES)
     out, err = capfd.readouterr()
     assert password not in caplog.text + out + err
 
@@ -184,8 +188,8 @@ def test_time_zones_survive_end_to_end(tmp_path_factory: pytest.TempPathFactory)
                         " '2026-11-01 05:30:00+00')"
                     )
                 )
-            settings = Settings(
-                data_dir=tmp_path_factory.mktemp("warehouse"), shop_url=url, shop_tables=["events"]
+            settings = scratch_settings(
+                tmp_path_factory.mktemp("warehouse"), shop=url, tables=["events"]
             )
             run_source("shop", settings)
             assert _raw_events(settings) == _source_events(url)

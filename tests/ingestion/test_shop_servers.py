@@ -16,8 +16,9 @@ from sqlalchemy.engine import Connection
 from demo.generate import generate
 from demo.simulate import simulate
 from ingestion.pipeline import run_source
-from ingestion.shop import bulk
+from ingestion.sql_database import bulk
 from tests.servers import throwaway_database
+from tests.sourcefiles import scratch_settings
 from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -73,7 +74,7 @@ def _assert_raw_equals_source(settings: Settings, url: str) -> None:
 
 
 def test_full_then_incremental_load_equals_the_source(shop_url: str, tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+    settings = scratch_settings(tmp_path, shop=shop_url)
     generate(shop_url, settings.demo_api_db, orders=300, seed=13)
     first = run_source("shop", settings)
     assert {t.table: t.new for t in first.tables}["orders"] == 300
@@ -130,7 +131,7 @@ def test_a_row_committed_late_is_found_inside_the_lag_window(
     """A write transaction stamps ``updated_at`` before a later one, but commits after the
     pipeline has read past it (dlt#2269). With the lag window the next run finds it; without
     one (lag 0, dlt's default) it is lost for good — the trap the window closes."""
-    settings = Settings(data_dir=tmp_path, shop_url=shop_url, shop_lag_seconds=lag_seconds)
+    settings = scratch_settings(tmp_path, shop=shop_url, lag=lag_seconds)
     generate(shop_url, settings.demo_api_db, orders=100, seed=21)
     run_source("shop", settings)
     high = _max_updated_at(shop_url)
@@ -161,7 +162,7 @@ def test_a_row_committed_late_is_found_inside_the_lag_window(
 def test_deleted_rows_leave_the_warehouse(shop_url: str, tmp_path: Path) -> None:
     """A soft delete (``deleted_at`` set) and a hard delete (row gone) both remove the row
     from the raw tables; everything else still equals the source, and the counts say so."""
-    settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+    settings = scratch_settings(tmp_path, shop=shop_url)
     generate(shop_url, settings.demo_api_db, orders=200, seed=31)
     run_source("shop", settings)
     high = _max_updated_at(shop_url)
@@ -207,7 +208,7 @@ def test_a_whole_table_read_that_dies_before_its_stream_is_finished_by_the_next_
     exactly that point) leaves a plan behind; the next run streams first, then loads what
     changed, and the warehouse equals the source."""
     with throwaway_database("postgresql") as shop_url:
-        settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+        settings = scratch_settings(tmp_path, shop=shop_url)
         generate(shop_url, settings.demo_api_db, orders=200, seed=51)
 
         def killed(*args: object, **kwargs: object) -> int:
@@ -237,7 +238,7 @@ def test_a_first_load_that_dies_after_planning_its_stream_recovers_by_itself(
     sync with it discards the pending package, and the plan must go with it — once it was
     kept, and every later run failed on a raw table that did not exist."""
     with throwaway_database("postgresql") as shop_url:
-        settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+        settings = scratch_settings(tmp_path, shop=shop_url)
         generate(shop_url, settings.demo_api_db, orders=200, seed=53)
         write_plan = bulk.write_plan
 
@@ -264,7 +265,7 @@ def test_a_cursor_from_the_future_on_a_postgresql_whole_table_read(tmp_path: Pat
     was those newest rows: quarantined, it would have left the cursor unset and the rest of the
     table never streamed. Newest now means newest not beyond now plus the tolerance."""
     with throwaway_database("postgresql") as shop_url:
-        settings = Settings(data_dir=tmp_path, shop_url=shop_url)
+        settings = scratch_settings(tmp_path, shop=shop_url)
         generate(shop_url, settings.demo_api_db, orders=200, seed=57)
         engine = create_engine(shop_url)
         try:
