@@ -7,7 +7,8 @@ path runs in its own child process, which times only the load (not interpreter s
 - ``copy-binary limit``: ``COPY (SELECT …) TO STDOUT (FORMAT binary)`` read fully, discarded;
 - ``dlt sqlalchemy (default)``: ``sql_database`` as a user would configure it, into DuckDB;
 - ``duckdb postgres scanner``: ATTACH + CREATE TABLE AS (needs ``duckdb-ext-postgres``);
-- ``tributary``: ``run_source("shop")`` into a new warehouse.
+- ``tributary``: ``run_source("shop")`` into a new warehouse, the table declared in a
+  scratch sources file.
 
 Then tributary's incremental runs: after updating 1% of the rows, and with no change. One
 table of medians (wall seconds, rows/s, ratio to the limit, peak RSS of the child) is printed,
@@ -144,11 +145,26 @@ def _run_scanner(url: str, work: Path) -> int:
         return connection.sql("select count(*) from orders").fetchone()[0]
 
 
+def _sources_file(url: str, work: Path) -> Path:
+    """The table declared as a team would: merged on its key, incremental on `updated_at`."""
+    import yaml
+
+    path = work / "sources.yml"
+    declaration = {
+        "type": "sql_database",
+        "credentials": url,
+        "defaults": {"mode": "merge", "cursor": "updated_at", "lag": 300},
+        "tables": {"orders": None},
+    }
+    path.write_text(yaml.safe_dump({"sources": {"shop": declaration}}))
+    return path
+
+
 def _run_tributary(url: str, work: Path, *, reconcile_deletes: bool = True) -> int:
     from ingestion.pipeline import run_source
     from tributary.settings import Settings
 
-    settings = Settings(data_dir=work / "tributary", shop_url=url, shop_tables=["orders"])
+    settings = Settings(data_dir=work / "tributary", sources_file=_sources_file(url, work))
     load = run_source("shop", settings, reconcile_deletes=reconcile_deletes)
     [orders] = load.tables
     return orders.loaded
