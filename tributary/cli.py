@@ -156,7 +156,12 @@ def _print_summary(report: RunReport) -> None:
 @app.command()
 def run(
     source: list[str] = typer.Option(
-        [], "--source", help="A source to ingest (repeat the option); default: every source."
+        [],
+        "--source",
+        help="A source declared in sources.yml (repeat the option); default: every source.",
+    ),
+    tag: list[str] = typer.Option(
+        [], "--tag", help="Ingest the sources with this tag (repeatable), e.g. intraday."
     ),
     confirm_deletes: bool = typer.Option(
         False, help="Go ahead with deletes a run stopped (more than TRIBUTARY_DELETE_MAX_SHARE)."
@@ -173,7 +178,9 @@ def run(
 
     try:
         params = EltParameters(
-            **({"sources": source} if source else {}), confirm_deletes=confirm_deletes
+            **({"sources": source} if source else {}),
+            tags=tag,
+            confirm_deletes=confirm_deletes,
         )
     except (ValidationError, ConfigurationError) as exc:
         typer.echo(f"tributary run: {exc}", err=True)
