@@ -163,3 +163,30 @@ def test_the_json_schema_covers_both_kinds() -> None:
     assert kinds == {"sql_database", "rest_api"}
     sql = schema["$defs"]["SqlDatabaseSource"]["properties"]
     assert "schema" in sql and "tables" in sql and "exclude" in sql
+
+
+def test_the_committed_json_schema_is_current() -> None:
+    """`tributary sources schema` wrote sources.schema.json; a change to the model rewrites it."""
+    from typer.testing import CliRunner
+
+    from tributary.cli import app
+
+    result = CliRunner().invoke(app, ["sources", "schema", "--output", "-"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (PROJECT_ROOT / "sources.schema.json").read_text(), (
+        "run `tributary sources schema` and commit sources.schema.json"
+    )
+
+
+def test_the_readme_example_is_a_valid_sources_file(tmp_path: Path) -> None:
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme[readme.index("## Point it at your own systems") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", 10)]
+    sources = _load(tmp_path, example).sources
+    assert list(sources) == ["erp", "tickets"]
+    erp = sources["erp"]
+    assert isinstance(erp, SqlDatabaseSource)
+    customers = erp.options("customers")
+    assert customers.mask == ["email", "phone"] and customers.columns is not None
+    assert erp.options("order_lines").mode == "replace"
+    assert erp.options("order_items").lag == 0
