@@ -1,23 +1,67 @@
-"""Private logic of the rest_api kind: backfill windows and the contract extensions."""
+"""Private logic of the rest_api kind: references, backfill windows and the contract
+extensions."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from datetime import date, datetime, timedelta
 from typing import Any
 
-from ingestion.declared import RestApiSource
+from dlt.common.schema.utils import merge_columns
+from dlt.extract.utils import ensure_table_schema_columns
+
+from ingestion.declared import Reference, RestApiSource, resolve
 
 # Keys tributary adds to a resource's declaration; dlt's rest_api never sees them.
 TRIBUTARY_KEYS = frozenset({"accepted_values"})
+DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+PARENT = re.compile(r"\{resources\.([^.}]+)\.")
+# Keys of a resource that are not dlt.resource hints (dlt's rest_api reads them itself).
+NOT_HINTS = frozenset({"endpoint", "include_from_parent", "processing_steps", "parallelized"})
+
+
+def _is_reference(value: Mapping[str, Any]) -> bool:
+    """``{env: NAME}`` or ``{secret: a.b}`` (with an optional ``default``), and not a mapping
+    that only looks like one: ``columns: {env: {data_type: text}}`` declares a column."""
+    return (
+        bool(value.keys() & {"env", "secret"})
+        and value.keys() <= {"env", "secret", "default"}
+        and all(isinstance(part, str) for part in value.values())
+    )
+
+
+def resolved(value: Any, what: str) -> Any:
+    """``value`` with every reference in it read now — in the client and in each resource
+    alike (an endpoint's own ``auth``); a missing one is an error naming its key path."""
+    if isinstance(value, Mapping):
+        if _is_reference(value):
+            return resolve(Reference.model_validate(value), what)
+        return {key: resolved(child, f"{what}.{key}") for key, child in value.items()}
+    if isinstance(value, list):
+        return [resolved(child, f"{what}[{i}]") for i, child in enumerate(value)]
+    return value
+
+
+def expanded(resource: dict[str, Any] | str) -> dict[str, Any]:
+    """The resource in its long form, as dlt reads the short ones: a name alone is a resource
+    of that name and path; an endpoint given as a string is its path."""
+    if isinstance(resource, str):
+        return {"name": resource, "endpoint": {"path": resource}}
+    endpoint = resource.get("endpoint", resource.get("name"))
+    if isinstance(endpoint, str):
+        return {**resource, "endpoint": {"path": endpoint}}
+    return resource
 
 
 def incremental_of(
     resource: dict[str, Any] | str, defaults: dict[str, Any]
 ) -> dict[str, Any] | None:
-    if not isinstance(resource, dict):
-        return None
-    endpoint = resource.get("endpoint")
-    endpoint = endpoint if isinstance(endpoint, dict) else {}
-    return endpoint.get("incremental") or defaults.get("endpoint", {}).get("incremental")
+    """The resource's incremental cursor, its own or the resource_defaults' one."""
+    endpoint = expanded(resource)["endpoint"]
+    default_endpoint = defaults.get("endpoint")
+    default_endpoint = default_endpoint if isinstance(default_endpoint, dict) else {}
+    return endpoint.get("incremental") or default_endpoint.get("incremental")
 
 
 def windowed_resources(declaration: RestApiSource) -> list[str]:
@@ -26,18 +70,58 @@ def windowed_resources(declaration: RestApiSource) -> list[str]:
     names = []
     for resource in declaration.resources:
         incremental = incremental_of(resource, declaration.resource_defaults)
-        if incremental and incremental.get("start_param") and isinstance(resource, dict):
-            names.append(resource["name"])
+        if incremental and incremental.get("start_param"):
+            names.append(expanded(resource)["name"])
     return names
 
 
-def cursor_is_date(resource: dict[str, Any], defaults: dict[str, Any]) -> bool:
-    """Whether the resource's cursor holds dates (its column hint says so), not timestamps."""
+def _column_hint(columns: Any, name: str) -> dict[str, Any]:
+    """A column's hints from dlt's ``columns`` (a mapping by name, or a list of columns)."""
+    if isinstance(columns, dict):
+        hint = columns.get(name)
+    elif isinstance(columns, list):
+        hint = next((c for c in columns if isinstance(c, dict) and c.get("name") == name), None)
+    else:
+        hint = None
+    return hint if isinstance(hint, dict) else {}
+
+
+def cursor_is_date(resource: dict[str, Any] | str, defaults: dict[str, Any]) -> bool:
+    """Whether the resource's cursor holds dates, not timestamps: its column hint says so (the
+    resource's, else the defaults'), or, without a hint, its ``initial_value`` is a date."""
     incremental = incremental_of(resource, defaults) or {}
     cursor = incremental.get("cursor_path")
-    columns = resource.get("columns") or defaults.get("columns") or {}
-    hint = columns.get(cursor, {}) if isinstance(columns, dict) else {}
-    return hint.get("data_type") == "date"
+    for columns in (expanded(resource).get("columns"), defaults.get("columns")):
+        data_type = _column_hint(columns, cursor).get("data_type") if cursor else None
+        if data_type:
+            return data_type == "date"
+    initial = _as_text(incremental.get("initial_value"))
+    return isinstance(initial, str) and DATE.fullmatch(initial) is not None
+
+
+def _as_text(value: Any) -> Any:
+    """A date or time as the API writes it (ISO 8601, UTC as ``Z``): YAML reads an unquoted
+    ``2025-01-01`` as a date, which dlt cannot compare with the API's text."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None and value.utcoffset() == timedelta(0):
+            return value.replace(tzinfo=None).isoformat() + "Z"
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def parent_of(resource: dict[str, Any] | str) -> str | None:
+    """The resource whose records a child resource is read for (its path or params refer to
+    it: ``{resources.<parent>.<field>}`` or ``type: resolve``), else None."""
+    endpoint = expanded(resource)["endpoint"]
+    params = endpoint.get("params")
+    for value in [endpoint.get("path"), *(params.values() if isinstance(params, dict) else ())]:
+        if isinstance(value, dict) and value.get("type") == "resolve":
+            return str(value["resource"])
+        if isinstance(value, str) and (found := PARENT.search(value)):
+            return found.group(1)
+    return None
 
 
 def with_window(
@@ -47,9 +131,10 @@ def with_window(
     timestamps, as its cursor holds them); without one, reading on from its state with no end
     parameter sent."""
     incremental = incremental_of(resource, defaults)
-    if not incremental or not isinstance(resource, dict):
+    if not incremental:
         return resource
-    incremental = dict(incremental)
+    long = expanded(resource)
+    incremental = {key: _as_text(value) for key, value in incremental.items()}
     if window is None:
         incremental.pop("end_param", None)
         incremental.pop("end_value", None)
@@ -57,15 +142,58 @@ def with_window(
         start, end = window
         if not incremental.get("end_param"):
             raise ValueError(
-                f"resource {resource['name']}: a backfill window needs `end_param` in its "
+                f"resource {long['name']}: a backfill window needs `end_param` in its "
                 "endpoint.incremental (the request parameter that bounds the cursor)"
             )
-        if not cursor_is_date(resource, defaults):
+        if not cursor_is_date(long, defaults):
             start, end = f"{start}T00:00:00Z", f"{end}T00:00:00Z"
         incremental["initial_value"], incremental["end_value"] = start, end
-    endpoint = dict(resource.get("endpoint") or {})
-    endpoint["incremental"] = incremental
-    return {**resource, "endpoint": endpoint}
+    endpoint = {**long["endpoint"], "incremental": incremental}
+    return {**long, "endpoint": endpoint}
+
+
+def child_cursors(config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Takes the incremental cursor out of each child resource of a rest_api ``config`` (its
+    resources as ``with_window`` left them) and returns, per such resource, the cursor and the
+    resource's dlt hints (the defaults' merged with its own, as dlt's rest_api merges them).
+
+    dlt re-binds a child's cursor each time a parent's records reach it, to the newest value
+    seen so far in the run: a later parent's records older than an earlier parent's newest
+    would be neither asked for nor kept (dlt-hub/dlt#2429, #2838). ``read_from_run_start``
+    reads them with the cursor bound once."""
+    defaults = config.get("resource_defaults") or {}
+    cursors = {}
+    for resource in config["resources"]:
+        if not isinstance(resource, dict) or parent_of(resource) is None:
+            continue
+        incremental = resource["endpoint"].get("incremental")
+        if incremental is None:
+            continue
+        resource["endpoint"]["incremental"] = None  # not the defaults' one either
+        name = resource["name"]
+        if incremental.get("start_param") and incremental.get("initial_value") is None:
+            raise ValueError(
+                f"resource {name}: a child resource's endpoint.incremental needs "
+                "`initial_value` (the cursor its first run starts from)"
+            )
+        if "{incremental." in str(resource["endpoint"]):
+            raise ValueError(
+                f"resource {name}: a child resource sends its cursor with "
+                "endpoint.incremental `start_param`/`end_param`, not {incremental.…} placeholders"
+            )
+        hints = {key: value for key, value in {**defaults, **resource}.items()}
+        if isinstance(defaults.get("columns"), dict | list) and isinstance(
+            resource.get("columns"), dict | list
+        ):
+            hints["columns"] = merge_columns(
+                ensure_table_schema_columns(defaults["columns"]),
+                ensure_table_schema_columns(resource["columns"]),
+            )
+        cursors[name] = (
+            incremental,
+            {key: value for key, value in hints.items() if key not in NOT_HINTS | TRIBUTARY_KEYS},
+        )
+    return cursors
 
 
 def accepted_values(declaration: RestApiSource) -> dict[str, dict[str, tuple[str, ...]]]:
