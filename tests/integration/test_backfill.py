@@ -14,6 +14,7 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_sqlite_path, shop_url
 from flows.elt import EltParameters, elt
 from tests.integration.sources import fetch_payments
 from tributary.settings import Settings, get_settings
@@ -29,7 +30,7 @@ DBT_MINIMAL = ["stg_fx__exchange_rates"]
 @pytest.fixture
 def loaded(tmp_path: Path, prefect_server: None) -> Iterator[tuple[Settings, str]]:
     settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=400, seed=9, end=END)
+    generate(shop_url(settings), settings.demo_api_db, orders=400, seed=9, end=END)
     with (
         serve_in_background(settings.demo_api_db, "token") as api_url,
         pytest.MonkeyPatch.context() as env,
@@ -118,7 +119,7 @@ def test_confirmed_full_refresh_of_one_table(loaded: tuple[Settings, str]) -> No
     [shop] = report.loads
     assert [table.table for table in shop.tables] == ["orders"]
 
-    with sqlite3.connect(settings.shop_sqlite_path) as source:
+    with sqlite3.connect(shop_sqlite_path(settings)) as source:
         want = sorted(source.execute("select order_id, total_cents from orders").fetchall())
     got = sorted(_sql(settings, "select order_id, total_cents from raw_shop.orders"))
     assert got == want

@@ -15,6 +15,7 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import SimulationResult, simulate
 from flows.elt import elt
 from tests.integration.sources import CENT, ExpectedMarts, expected_marts
@@ -49,7 +50,7 @@ class Shop:
     token: str
 
     def expected(self) -> ExpectedMarts:
-        return expected_marts(self.settings.shop_sqlite_path, self.api_url, self.token)
+        return expected_marts(shop_sqlite_path(self.settings), self.api_url, self.token)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         with duckdb.connect(str(self.settings.warehouse), read_only=True) as connection:
@@ -71,7 +72,7 @@ class Shop:
 def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Shop]:
     data_dir: Path = tmp_path_factory.mktemp("elt")
     settings = Settings(data_dir=data_dir)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
+    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
     token = secrets.token_urlsafe(16)
     with (
         serve_in_background(settings.demo_api_db, token) as api_url,
@@ -100,7 +101,7 @@ def second_run(shop: Shop, first_run: RunReport) -> tuple[RunReport, dict[str, A
 @pytest.fixture(scope="module")
 def changes(shop: Shop, second_run: tuple[RunReport, dict[str, Any]]) -> SimulationResult:
     return simulate(
-        shop.settings.shop_connection_url,
+        shop_url(shop.settings),
         shop.settings.demo_api_db,
         now=datetime.now(UTC).replace(tzinfo=None, microsecond=0),
         seed=SEED + 1,

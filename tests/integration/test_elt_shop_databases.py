@@ -13,6 +13,7 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from demo.simulate import SimulationResult, simulate
 from flows.elt import elt
 from tests.integration.sources import ExpectedMarts, expected_marts, read_shop
@@ -40,7 +41,7 @@ class ServerShop(Shop):
     """A shop in a database server, read through its SQLAlchemy URL."""
 
     def expected(self) -> ExpectedMarts:
-        return expected_marts(self.settings.shop_connection_url, self.api_url, self.token)
+        return expected_marts(shop_url(self.settings), self.api_url, self.token)
 
 
 @pytest.fixture(scope="module", params=["postgresql", "mariadb"])
@@ -50,7 +51,7 @@ def shop(
     """A throwaway shop database on the server, its API, and the environment `elt` reads."""
     with throwaway_database(request.param) as url:
         data_dir = tmp_path_factory.mktemp(f"elt-{request.param}")
-        settings = Settings(data_dir=data_dir, shop_url=url)
+        settings = Settings(data_dir=data_dir)
         generate(url, settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
         token = secrets.token_urlsafe(16)
         with (
@@ -75,7 +76,7 @@ def first_run(shop: ServerShop) -> RunReport:
 @pytest.fixture(scope="module")
 def changes(shop: ServerShop, first_run: RunReport) -> SimulationResult:
     return simulate(
-        shop.settings.shop_connection_url,
+        shop_url(shop.settings),
         shop.settings.demo_api_db,
         now=datetime.now(UTC).replace(tzinfo=None, microsecond=0),
         seed=SEED + 1,
@@ -90,9 +91,7 @@ def second_run(shop: ServerShop, changes: SimulationResult) -> RunReport:
 
 def assert_raw_keys_equal_the_source(shop: ServerShop) -> None:
     for table, (key, live) in SHOP_KEYS.items():
-        source = read_shop(
-            shop.settings.shop_connection_url, f"select {key} from {table} where {live}"
-        )
+        source = read_shop(shop_url(shop.settings), f"select {key} from {table} where {live}")
         raw = shop.query(f"select {key} from raw_shop.{table}")
         assert len(raw) == len(set(raw)), table
         assert {row[0] for row in raw} == {row[0] for row in source}, table

@@ -24,6 +24,7 @@ import yaml
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from flows.elt import StepFailed, elt
 from tests.integration.sources import RateBook, fetch_payments, fetch_rates
 from tests.integration.test_elt_flow import Shop, assert_marts_match, assert_no_duplicate_keys
@@ -117,7 +118,7 @@ def gapped(
 ) -> Iterator[tuple[Shop, Gaps, RunReport]]:
     """A shop whose rate feed skipped a long weekend and stalled for six days, loaded once."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("fx-gaps"))
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
+    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
     gaps = _choose_gaps(settings.demo_api_db)
     deleted = _delete_rates(settings.demo_api_db, gaps.long_weekend + gaps.stalled)
     assert deleted == 2 * (len(gaps.long_weekend) + len(gaps.stalled))  # EUR and GBP
@@ -131,7 +132,7 @@ def rates_start_late(
 ) -> Iterator[tuple[Shop, list[dict[str, Any]], StepFailed]]:
     """A shop whose first foreign payments are older than every rate the API serves."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("fx-late"))
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=100, seed=SEED, end=END)
+    generate(shop_url(settings), settings.demo_api_db, orders=100, seed=SEED, end=END)
     first = min(_foreign_payment_days(settings.demo_api_db))
     with sqlite3.connect(settings.demo_api_db) as connection:
         connection.execute("delete from exchange_rates where date <= ?", (first.isoformat(),))

@@ -20,6 +20,7 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import SimulationResult, simulate
 from flows.elt import StepFailed, elt
 from tests.integration.test_elt_flow import END, ORDERS, SEED
@@ -42,12 +43,12 @@ class Stack:
             return connection.sql(sql).fetchall()
 
     def shop(self, sql: str) -> None:
-        with sqlite3.connect(self.settings.shop_sqlite_path) as connection:
+        with sqlite3.connect(shop_sqlite_path(self.settings)) as connection:
             connection.executescript(sql)
 
     def move(self, step: int) -> SimulationResult:
         return simulate(
-            self.settings.shop_connection_url,
+            shop_url(self.settings),
             self.settings.demo_api_db,
             now=datetime.now(UTC).replace(tzinfo=None, microsecond=0),
             seed=SEED + step,
@@ -59,7 +60,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Stack]:
     data_dir: Path = tmp_path_factory.mktemp("guards")
     settings = Settings(data_dir=data_dir)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
+    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
     with (
         serve_in_background(settings.demo_api_db, "token") as api_url,
         webhook_receiver() as (hook_url, alerts),
