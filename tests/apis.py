@@ -14,8 +14,9 @@ changes it between runs. Each resource exercises something a real API does:
   ``end_date`` both inclusive, as date APIs often are);
 - ``/users``: HTTP basic auth instead of the key, page numbers that end on an empty page.
 
-Wrong credentials get 401. ``Crm.repeat`` makes a resource serve its second page twice (the
-page's next link points at itself once), as an API that retries a page does. ``Crm.requests``
+Wrong credentials get 401. ``Crm.repeat`` makes a path (``/deals``,
+``/accounts/3/contacts``) serve its second page twice (the page's next link points at itself
+once), as an API that retries a page does. ``Crm.requests``
 records each request's path and query (never its headers), so a test sees what a run asked for.
 """
 
@@ -60,7 +61,7 @@ class Crm:
     deals: dict[int, dict[str, Any]] = field(default_factory=dict)
     usage: dict[tuple[int, date], dict[str, Any]] = field(default_factory=dict)
     users: dict[int, dict[str, Any]] = field(default_factory=dict)
-    repeat: set[str] = field(default_factory=set)  # "contacts", "deals": page 2 served twice
+    repeat: set[str] = field(default_factory=set)  # paths whose page 2 is served twice
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -167,11 +168,11 @@ def create_app(crm: Crm) -> FastAPI:
         if not key or not secrets.compare_digest(key, crm.api_key):
             raise HTTPException(status_code=401, detail="invalid or missing API key")
 
-    def repeat_once(resource: str, page: int) -> bool:
-        """Whether page 2 of ``resource`` is to be served again after this one."""
+    def repeat_once(request: Request, page: int) -> bool:
+        """Whether this page (the second) of the request's path is to be served again."""
         with crm.lock:
-            if page == 2 and resource in crm.repeat:
-                crm.repeat.discard(resource)
+            if page == 2 and request.url.path in crm.repeat:
+                crm.repeat.discard(request.url.path)
                 return True
         return False
 
@@ -222,7 +223,7 @@ def create_app(crm: Crm) -> FastAPI:
             for row in chunk
         ]
         headers = {}
-        following = page if repeat_once("contacts", page) else page + 1
+        following = page if repeat_once(request, page) else page + 1
         if following != page + 1 or page * limit < len(rows):
             headers["Link"] = f'<{_next_url(request, page=following)}>; rel="next"'
         return JSONResponse(body, headers=headers)
@@ -245,7 +246,7 @@ def create_app(crm: Crm) -> FastAPI:
                 key=lambda row: (row["updated_at"], row["id"]),
             )
         chunk = rows[(page - 1) * per_page : page * per_page]
-        following = page if repeat_once("deals", page) else page + 1
+        following = page if repeat_once(request, page) else page + 1
         more = following == page or page * per_page < len(rows)
         return {
             "data": [{**row, "updated_at": iso(row["updated_at"])} for row in chunk],

@@ -16,7 +16,9 @@ from ingestion.rest_api.helpers import (
     TRIBUTARY_KEYS,
     accepted_values,
     child_cursors,
+    expanded,
     parent_of,
+    refusal_hook,
     resolved,
     windowed_resources,
     with_window,
@@ -44,17 +46,25 @@ def rest_api(
         "resources": [
             with_window(
                 resolved(
-                    {key: value for key, value in resource.items() if key not in TRIBUTARY_KEYS},
-                    f"sources.{name}.resources.{resource.get('name', i)}",
-                )
-                if isinstance(resource, dict)
-                else resource,
+                    {
+                        key: value
+                        for key, value in expanded(resource).items()
+                        if key not in TRIBUTARY_KEYS
+                    },
+                    f"sources.{name}.resources.{expanded(resource)['name']}",
+                ),
                 defaults,
                 window,
             )
-            for i, resource in enumerate(declaration.resources)
+            for resource in declaration.resources
         ],
     }
+    for declared, resource in zip(declaration.resources, config["resources"], strict=True):
+        endpoint = resource["endpoint"]
+        actions = endpoint.get("response_actions") or (defaults.get("endpoint") or {}).get(
+            "response_actions"
+        )
+        endpoint["response_actions"] = [*(actions or []), refusal_hook(name, declaration, declared)]
     cursors = child_cursors(config)
     if not cursors:
         return rest_api_source(config, name=name)  # type: ignore[arg-type]

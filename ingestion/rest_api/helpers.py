@@ -4,14 +4,17 @@ extensions."""
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from dlt.common.schema.utils import merge_columns
 from dlt.extract.utils import ensure_table_schema_columns
+from requests import Response
 
 from ingestion.declared import Reference, RestApiSource, resolve
+from tributary.settings import ConfigurationError
 
 # Keys tributary adds to a resource's declaration; dlt's rest_api never sees them.
 TRIBUTARY_KEYS = frozenset({"accepted_values"})
@@ -129,7 +132,7 @@ def with_window(
 ) -> dict[str, Any] | str:
     """The resource reading [start, end) of its cursor when ``window`` is given (dates or
     timestamps, as its cursor holds them); without one, reading on from its state with no end
-    parameter sent."""
+    parameter sent. A merged resource with a date cursor reads its last day again."""
     incremental = incremental_of(resource, defaults)
     if not incremental:
         return resource
@@ -148,8 +151,19 @@ def with_window(
         if not cursor_is_date(long, defaults):
             start, end = f"{start}T00:00:00Z", f"{end}T00:00:00Z"
         incremental["initial_value"], incremental["end_value"] = start, end
+    if cursor_is_date(long, defaults) and _merged(long, defaults):
+        # A date cursor cannot move when its last day's records change: that day is read
+        # again each run and merged, not skipped as records already seen (dlt's default).
+        incremental.setdefault("primary_key", [])
     endpoint = {**long["endpoint"], "incremental": incremental}
     return {**long, "endpoint": endpoint}
+
+
+def _merged(resource: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    disposition = resource.get("write_disposition", defaults.get("write_disposition"))
+    if isinstance(disposition, dict):
+        disposition = disposition.get("disposition")
+    return disposition == "merge"
 
 
 def child_cursors(config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -194,6 +208,53 @@ def child_cursors(config: dict[str, Any]) -> dict[str, tuple[dict[str, Any], dic
             {key: value for key, value in hints.items() if key not in NOT_HINTS | TRIBUTARY_KEYS},
         )
     return cursors
+
+
+def _auth_of(declaration: RestApiSource, resource: dict[str, Any] | str) -> tuple[str, Any]:
+    """Where the resource's credentials are declared (key path) and the declaration there."""
+    name = expanded(resource)["name"]
+    endpoint = expanded(resource)["endpoint"]
+    defaults = declaration.resource_defaults.get("endpoint")
+    if "auth" in endpoint:
+        return f"resources.{name}.endpoint.auth", endpoint["auth"]
+    if isinstance(defaults, dict) and "auth" in defaults:
+        return "resource_defaults.endpoint.auth", defaults["auth"]
+    return "client.auth", declaration.client.get("auth")
+
+
+def refusal_hook(
+    source: str, declaration: RestApiSource, resource: dict[str, Any] | str
+) -> Callable[..., None]:
+    """A response hook that fails a request whose credentials the API refuses (401, 403) with
+    an error naming the resource and where its credentials come from — never their values, nor
+    the request's query (an API key may travel there), which dlt's own error shows."""
+    where, auth = _auth_of(declaration, resource)
+    what = f"sources.{source}.resources.{expanded(resource)['name']}"
+    references = (
+        [
+            f"{key} from {Reference.model_validate(value).describe()}"
+            for key, value in auth.items()
+            if isinstance(value, Mapping) and _is_reference(value)
+        ]
+        if isinstance(auth, Mapping)
+        else []
+    )
+    check = f"check sources.{source}.{where}" + (
+        f" ({', '.join(references)})" if references else ""
+    )
+    if auth is None:
+        check = f"it declares no credentials (sources.{source}.client.auth)"
+
+    def refused(response: Response, *args: Any, **kwargs: Any) -> None:
+        if response.status_code in (401, 403):
+            request = response.request
+            raise ConfigurationError(
+                f"{what}: the API refused the credentials (HTTP {response.status_code} "
+                f"{response.reason} for {request.method} {urlsplit(request.url or '').path}): "
+                f"{check}"
+            )
+
+    return refused
 
 
 def accepted_values(declaration: RestApiSource) -> dict[str, dict[str, tuple[str, ...]]]:

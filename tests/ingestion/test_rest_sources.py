@@ -10,17 +10,20 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import duckdb
 import pytest
+from typer.testing import CliRunner
 
-from ingestion.pipeline import run_source
+from ingestion.pipeline import PipelineFailed, run_source
 from ingestion.results import SourceLoad
-from tests.apis import Crm, sample_crm, serve_crm
+from tests.apis import Crm, iso, sample_crm, serve_crm
 from tests.sourcefiles import scratch_settings
-from tributary.settings import Settings
+from tributary.cli import app
+from tributary.errors import is_transient
+from tributary.settings import Settings, get_settings
 
 URL_VAR = "TRIBUTARY_TEST_CRM_URL"
 USER_VAR = "TRIBUTARY_TEST_CRM_USER"
@@ -290,3 +293,282 @@ def test_first_load_equals_the_api(api: Api) -> None:
     assert len(api.crm.requested("/deals")) == 3
     assert len(api.crm.requested("/daily-usage")) == -(-len(api.crm.usage) // 25)
     assert len(api.crm.requested("/users")) == 4  # three pages, then the empty one
+
+
+def change(crm: Crm) -> dict[str, set[Any]]:
+    """Changes as the CRM makes them, each moving its record's cursor on; returns the keys of
+    the records changed or added per incremental resource."""
+    at = datetime(2026, 3, 20, 10, 0, tzinfo=UTC)
+    crm.accounts[2] |= {"name": "Account 2 (renamed)", "updated_at": at}
+    crm.accounts[8] = {
+        "id": 8,
+        "name": "Account 8",
+        "plan": "team",
+        "address": {"city": "Porto", "country": "PT"},
+        "updated_at": at,
+    }
+    crm.contacts[3] |= {"email": "new@account2.example", "updated_at": at}
+    for contact_id, account_id in ((13, 4), (14, 8)):  # account 4 had no contacts
+        crm.contacts[contact_id] = {
+            "id": contact_id,
+            "account_id": account_id,
+            "name": f"Contact {contact_id}",
+            "email": f"c{contact_id}@account{account_id}.example",
+            "updated_at": at + timedelta(hours=contact_id),
+        }
+    crm.deals[5] |= {
+        "stage": "won",
+        "amount": {"value": 9999, "currency": "EUR"},
+        "tags": ["vip"],
+        "updated_at": at + timedelta(days=1),
+    }
+    crm.deals[7] |= {"tags": [], "updated_at": at + timedelta(days=1, minutes=1)}
+    crm.deals[26] = {
+        "id": 26,
+        "account_id": 8,
+        "stage": "open",
+        "amount": {"value": 50, "currency": "USD"},
+        "tags": ["new", "inbound"],
+        "updated_at": at + timedelta(days=2),
+    }
+    # the last day loaded was still counting: its usage grew after the first run
+    crm.usage[(1, date(2026, 2, 10))]["calls"] += 100
+    new_days = [date(2026, 2, 11), date(2026, 2, 12)]
+    for day in new_days:
+        for account_id in (1, 2, 3):
+            crm.usage[(account_id, day)] = {"account_id": account_id, "day": day, "calls": 7}
+    return {
+        "contacts": {3, 13, 14},
+        "deals": {5, 7, 26},
+        "daily_usage": {(a, day) for a in (1, 2, 3) for day in new_days},
+    }
+
+
+def newest(crm: Crm, table: str) -> str:
+    rows = crm.contacts if table == "contacts" else crm.deals
+    return iso(max(row["updated_at"] for row in rows.values()))
+
+
+def test_second_run_loads_only_the_changes_and_merges_them(api: Api) -> None:
+    run_source("crm", api.settings)
+    cursors = {table: newest(api.crm, table) for table in ("contacts", "deals")}
+    last_day = max(day for _, day in api.crm.usage).isoformat()
+    load_ids = dict(sql(api.settings, "select id, _dlt_load_id from raw_crm.deals"))
+    changed = change(api.crm)
+    api.crm.requests.clear()
+
+    second = run_source("crm", api.settings)
+
+    assert_equals_api(api)
+    by_table = {table.table: table for table in second.tables}
+    # incremental resources: only the changed records came, each once
+    assert by_table["contacts"].loaded == len(changed["contacts"])
+    assert (by_table["contacts"].new, by_table["contacts"].updated) == (2, 1)
+    assert by_table["deals"].loaded == len(changed["deals"])
+    assert (by_table["deals"].new, by_table["deals"].updated) == (1, 2)
+    # a date cursor reads its last day again (its usage may have grown), merged
+    last_day_rows = sum(1 for _, day in api.crm.usage if day.isoformat() == last_day)
+    assert by_table["daily_usage"].loaded == len(changed["daily_usage"]) + last_day_rows
+    assert (by_table["daily_usage"].new, by_table["daily_usage"].updated) == (
+        len(changed["daily_usage"]),
+        1,
+    )
+    # accounts have no cursor: read whole, merged (one new, one changed)
+    assert by_table["accounts"].loaded == len(api.crm.accounts)
+    assert (by_table["accounts"].new, by_table["accounts"].updated) == (1, 1)
+    # each request asked from where the first run ended, for every parent alike
+    assert {q["updated_since"] for q in api.crm.requested("/deals")} == {cursors["deals"]}
+    contact_requests = [q for p, q in api.crm.requests if p.endswith("/contacts")]
+    assert len(contact_requests) >= len(api.crm.accounts)
+    assert {q["updated_since"] for q in contact_requests} == {cursors["contacts"]}
+    assert {q["start_date"] for q in api.crm.requested("/daily-usage")} == {last_day}
+    assert not any("updated_until" in q or "end_date" in q for _, q in api.crm.requests)
+    # deals not changed kept the load that wrote them
+    after = dict(sql(api.settings, "select id, _dlt_load_id from raw_crm.deals"))
+    assert {i: after[i] for i in load_ids if i not in changed["deals"]} == {
+        i: load_ids[i] for i in load_ids if i not in changed["deals"]
+    }
+
+    third = run_source("crm", api.settings)  # nothing changed: only the last day again
+    assert {t.table: t.loaded for t in third.tables if t.table in changed} == {
+        "contacts": 0,
+        "deals": 0,
+        "daily_usage": 3,
+    }
+    assert all(t.new == t.updated == 0 for t in third.tables)
+    assert_equals_api(api)
+
+
+WINDOW = ("2026-01-01", "2026-02-01")
+WINDOW_START = datetime(2026, 1, 1, tzinfo=UTC)
+WINDOW_END = datetime(2026, 2, 1, tzinfo=UTC)
+
+
+def in_window(crm: Crm) -> dict[str, set[Any]]:
+    """The keys of the records whose cursor lies in [start, end) of ``WINDOW``."""
+    return {
+        "contacts": {
+            c["id"] for c in crm.contacts.values() if WINDOW_START <= c["updated_at"] < WINDOW_END
+        },
+        "deals": {
+            d["id"] for d in crm.deals.values() if WINDOW_START <= d["updated_at"] < WINDOW_END
+        },
+        "daily_usage": {
+            key for key in crm.usage if WINDOW_START.date() <= key[1] < WINDOW_END.date()
+        },
+    }
+
+
+def test_window_reloads_exactly_the_window_for_timestamp_and_date_cursors(api: Api) -> None:
+    # records exactly on the window's edges: the start is in, the end is out
+    api.crm.deals[8]["updated_at"] = WINDOW_START
+    api.crm.deals[9]["updated_at"] = WINDOW_END
+    api.crm.contacts[1]["updated_at"] = WINDOW_START
+    api.crm.contacts[12]["updated_at"] = WINDOW_END
+    run_source("crm", api.settings)
+    window = in_window(api.crm)
+    assert {8, 9} & window["deals"] == {8} and {1, 12} & window["contacts"] == {1}
+    assert len(window["daily_usage"]) == 31 * 3
+    cursors = {table: newest(api.crm, table) for table in ("contacts", "deals")}
+    # Corrections the API made without moving their cursor, and rows lost from the warehouse:
+    # a normal run cannot see either.
+    deal, contact, usage = min(window["deals"]), min(window["contacts"]), (2, date(2026, 1, 15))
+    api.crm.deals[deal]["amount"] = {"value": 1, "currency": "USD"}
+    api.crm.contacts[contact]["email"] = "corrected@example.com"
+    api.crm.usage[usage]["calls"] = 123_456
+    with duckdb.connect(str(api.settings.warehouse)) as connection:
+        connection.execute("delete from raw_crm.deals where id = ?", [max(window["deals"])])
+        connection.execute("delete from raw_crm.contacts where id = ?", [max(window["contacts"])])
+        connection.execute("delete from raw_crm.daily_usage where day = '2026-01-20'")
+    run_source("crm", api.settings)
+    assert warehouse(api.settings) != expected(api.crm)
+    before = {
+        table: dict(sql(api.settings, f"select {KEYS[table]}, _dlt_load_id from raw_crm.{table}"))
+        for table in ("contacts", "deals")
+    }
+    api.crm.requests.clear()
+
+    load = run_source("crm", api.settings, window=WINDOW)
+
+    [load_id] = load.load_ids
+    assert_equals_api(api)
+    assert {t.table: t.loaded for t in load.tables if t.table in window} == {
+        table: len(keys) for table, keys in window.items()
+    }
+    reloaded = {
+        "contacts": {r[0] for r in sql(api.settings, _of_load("contacts", "id", load_id))},
+        "deals": {r[0] for r in sql(api.settings, _of_load("deals", "id", load_id))},
+        "daily_usage": set(sql(api.settings, _of_load("daily_usage", "account_id, day", load_id))),
+    }
+    assert reloaded == window
+    # every request was bounded by the window, the child's for each account alike
+    start, end = (f"{day}T00:00:00Z" for day in WINDOW)
+    contact_requests = [q for p, q in api.crm.requests if p.endswith("/contacts")]
+    assert len(contact_requests) >= len(api.crm.accounts)
+    for query in [*contact_requests, *api.crm.requested("/deals")]:
+        assert (query["updated_since"], query["updated_until"]) == (start, end)
+    for query in api.crm.requested("/daily-usage"):
+        assert (query["start_date"], query["end_date"]) == WINDOW
+    # records outside the window were not touched
+    for table in ("contacts", "deals"):
+        now = dict(sql(api.settings, f"select id, _dlt_load_id from raw_crm.{table}"))
+        assert {k: v for k, v in now.items() if k not in window[table]} == {
+            k: v for k, v in before[table].items() if k not in window[table]
+        }
+
+    # the window left the incremental state alone: the next run goes on from where it was
+    api.crm.requests.clear()
+    after = run_source("crm", api.settings)
+    assert {t.table: t.loaded for t in after.tables if t.table in ("contacts", "deals")} == {
+        "contacts": 0,
+        "deals": 0,
+    }
+    assert {q["updated_since"] for q in api.crm.requested("/deals")} == {cursors["deals"]}
+    assert {q["updated_since"] for p, q in api.crm.requests if p.endswith("/contacts")} == {
+        cursors["contacts"]
+    }
+    assert_equals_api(api)
+
+
+def _of_load(table: str, columns: str, load_id: str) -> str:
+    return f"select {columns} from raw_crm.{table} where _dlt_load_id = '{load_id}'"
+
+
+@pytest.mark.parametrize(
+    ("variable", "where", "secret"),
+    [
+        (KEY_VAR, "sources.crm.client.auth", "sources.crm.api_key"),
+        (PASSWORD_VAR, "sources.crm.resources.users.endpoint.auth", "sources.crm.password"),
+    ],
+)
+def test_wrong_credentials_fail_clearly_without_showing_them(
+    api: Api, monkeypatch: pytest.MonkeyPatch, variable: str, where: str, secret: str
+) -> None:
+    wrong = f"wrong-{secrets.token_hex(10)}"
+    monkeypatch.setenv(variable, wrong)
+    with pytest.raises(PipelineFailed) as failure:
+        run_source("crm", api.settings)
+    message = str(failure.value)
+    assert "the API refused the credentials (HTTP 401 Unauthorized" in message
+    assert f"check {where}" in message and f"dlt secret {secret}" in message
+    for value in (wrong, api.crm.api_key, api.crm.password):
+        assert value[-12:] not in message  # nor a piece of it
+    assert not is_transient(failure.value)  # a retry would be refused again
+
+    monkeypatch.setenv(variable, api.crm.api_key if variable == KEY_VAR else api.crm.password)
+    run_source("crm", api.settings)  # the failed run left nothing half-done behind
+    assert_equals_api(api)
+
+
+def test_a_page_served_twice_duplicates_nothing(api: Api) -> None:
+    api.crm.repeat |= {"/deals", "/accounts/3/contacts"}
+    load = run_source("crm", api.settings)
+    # the API did serve a page twice: page 2 of the deals, and of account 3's contacts
+    assert [q.get("page") for q in api.crm.requested("/deals")] == [None, "2", "2", "3"]
+    assert [q.get("page") for q in api.crm.requested("/accounts/3/contacts")] == [None, "2", "2"]
+    assert_equals_api(api)  # each record once, its tags once, nothing quarantined
+    assert {t.table: t.new for t in load.tables if t.table in KEYS} == {
+        table: len(rows) for table, rows in expected(api.crm).items() if table in KEYS
+    }
+
+
+def test_sources_check_shows_each_resource_and_reads_its_first_page(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRIBUTARY_SOURCES_FILE", str(api.settings.sources_path))
+    monkeypatch.setenv("TRIBUTARY_DATA_DIR", str(api.settings.data_dir))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["sources", "check"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        rows = {
+            cells[0]: cells[1:]
+            for line in result.output.splitlines()
+            if (cells := [c.strip() for c in line.strip("│ ").split("│")]) and len(cells) >= 5
+        }
+        shown = {
+            name: (mode, set(key.split(", ")), cursor)
+            for name, (mode, key, cursor, *_) in rows.items()
+            if name != "table"
+        }
+        assert shown == {
+            "accounts": ("merge", {"id"}, "—"),
+            "contacts": ("merge", {"id"}, "updated_at"),
+            "deals": ("merge", {"id"}, "updated_at"),
+            "daily_usage": ("merge", {"account_id", "day"}, "day"),
+            "users": ("merge", {"id"}, "—"),
+        }
+        for name in ("accounts", "deals", "daily_usage", "users"):
+            assert "first page read" in rows[name][-1], name
+        assert "1 source(s) ready." in result.output
+        assert api.crm.requested("/users") and api.crm.requested("/daily-usage")
+
+        monkeypatch.setenv(KEY_VAR, "wrong-key-0123456789")
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, ["sources", "check"], env={"COLUMNS": "200"})
+        assert result.exit_code == 1
+        assert "sources.crm.resources.deals: " in result.output
+        assert "the API refused the credentials (HTTP 401" in result.output
+        assert "0123456789" not in result.output
+    finally:
+        get_settings.cache_clear()
