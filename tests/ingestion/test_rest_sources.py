@@ -7,10 +7,12 @@ nothing, and `tributary sources check` shows each resource."""
 
 from __future__ import annotations
 
+import copy
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -150,7 +152,7 @@ class Api:
 
 
 @pytest.fixture
-def api(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
     crm = sample_crm(
         api_key=f"key-{secrets.token_hex(10)}",
         username="loader",
@@ -572,3 +574,29 @@ def test_sources_check_shows_each_resource_and_reads_its_first_page(
         assert "0123456789" not in result.output
     finally:
         get_settings.cache_clear()
+
+
+def test_a_date_cursor_without_a_column_hint_sends_dates(api: Api, tmp_path: Path) -> None:
+    """Declared the short way — no column hint, ``initial_value`` an unquoted YAML date — the
+    cursor is still a date: its initial value says so (a timestamp sent to a date parameter
+    is refused, and YAML's date compares with no text)."""
+    declaration = copy.deepcopy(CRM)
+    [usage] = [r for r in declaration["resources"] if r["name"] == "daily_usage"]
+    usage["columns"] = {"calls": {"data_type": "bigint", "nullable": False}}
+    usage["endpoint"]["incremental"]["initial_value"] = date(2025, 1, 1)
+    settings = scratch_settings(tmp_path / "short", extra={"crm": declaration}, only=["crm"])
+    assert "initial_value: 2025-01-01\n" in settings.sources_path.read_text()
+    want = sorted((a, day.isoformat(), calls) for a, day, calls in expected(api.crm)["daily_usage"])
+    usage_query = "select account_id, day, calls from raw_crm.daily_usage"
+
+    run_source("crm", settings)
+    assert sorted(sql(settings, usage_query)) == want  # a date without a hint loads as text
+    assert {q["start_date"] for q in api.crm.requested("/daily-usage")} == {"2025-01-01"}
+
+    api.crm.requests.clear()
+    load = run_source("crm", settings, window=WINDOW)
+    [daily] = [t for t in load.tables if t.table == "daily_usage"]
+    assert daily.loaded == len(in_window(api.crm)["daily_usage"])
+    for query in api.crm.requested("/daily-usage"):
+        assert (query["start_date"], query["end_date"]) == WINDOW
+    assert sorted(sql(settings, usage_query)) == want
