@@ -600,3 +600,35 @@ def test_a_date_cursor_without_a_column_hint_sends_dates(api: Api, tmp_path: Pat
     for query in api.crm.requested("/daily-usage"):
         assert (query["start_date"], query["end_date"]) == WINDOW
     assert sorted(sql(settings, usage_query)) == want
+
+
+def test_a_child_of_a_child_with_a_cursor_reads_every_record_of_it(
+    api: Api, tmp_path: Path
+) -> None:
+    """``peers``: for each contact, the contacts of its account (a path from the contact's
+    ``_accounts_id``). Its parent, read with its cursor bound once, hands it each contact once."""
+    declaration = copy.deepcopy(CRM)
+    declaration["resources"].append(
+        {
+            "name": "peers",
+            "primary_key": ["id", "_contacts_id"],
+            "include_from_parent": ["id"],
+            "endpoint": {
+                "path": "accounts/{resources.contacts._accounts_id}/contacts",
+                "paginator": {"type": "header_link"},
+            },
+        }
+    )
+    settings = scratch_settings(tmp_path / "peers", extra={"crm": declaration}, only=["crm"])
+    run_source("crm", settings)
+    contacts = api.crm.contacts.values()
+    want = sorted(
+        (peer["id"], contact["id"])
+        for contact in contacts
+        for peer in contacts
+        if peer["account_id"] == contact["account_id"]
+    )
+    assert sorted(sql(settings, "select id, _contacts_id from raw_crm.peers")) == want
+    # the contacts were read once: one request per account and further page
+    contact_pages = [q for p, q in api.crm.requests if p.endswith("/contacts") and "limit" in q]
+    assert len(contact_pages) == len(api.crm.accounts) + 2  # accounts 3 and 7 have two pages
