@@ -632,3 +632,23 @@ def test_a_child_of_a_child_with_a_cursor_reads_every_record_of_it(
     # the contacts were read once: one request per account and further page
     contact_pages = [q for p, q in api.crm.requests if p.endswith("/contacts") and "limit" in q]
     assert len(contact_pages) == len(api.crm.accounts) + 2  # accounts 3 and 7 have two pages
+
+
+def test_records_breaking_the_contract_are_quarantined_a_childs_too(api: Api) -> None:
+    """A deal in a stage outside ``accepted_values`` and a contact (a child's record) stamped in
+    the future are quarantined; neither reaches raw, and the future stamp moves no cursor."""
+    api.crm.deals[4]["stage"] = "maybe"
+    api.crm.contacts[5]["updated_at"] = datetime(2099, 1, 1, tzinfo=UTC)
+    run_source("crm", api.settings)
+    reasons = dict(quarantined(api.settings))
+    assert set(reasons) == {"deals", "contacts"}
+    assert "stage 'maybe' is not one of open, won, lost" in reasons["deals"]
+    assert "cursor updated_at 2099-01-01T00:00:00Z is beyond now" in reasons["contacts"]
+    assert {row[0] for row in warehouse(api.settings)["deals"]} == set(api.crm.deals) - {4}
+    assert {row[0] for row in warehouse(api.settings)["contacts"]} == set(api.crm.contacts) - {5}
+
+    del api.crm.contacts[5]
+    cursor = newest(api.crm, "contacts")
+    api.crm.requests.clear()
+    run_source("crm", api.settings)
+    assert {q["updated_since"] for p, q in api.crm.requests if p.endswith("/contacts")} == {cursor}
