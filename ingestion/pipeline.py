@@ -15,6 +15,7 @@ import dlt
 import pyarrow.parquet as pq
 from dlt.common.json import json as dlt_json
 from dlt.common.pipeline import LoadInfo
+from dlt.common.schema.utils import get_root_table
 from dlt.extract import DltSource
 from dlt.pipeline.exceptions import PipelineStepFailed
 from sqlalchemy.engine import URL
@@ -55,29 +56,40 @@ def _count_rows(
     pipeline: dlt.Pipeline, tables: list[str], load_ids: Sequence[str] | None = None
 ) -> dict[str, int]:
     """Rows per table now in the warehouse, or only those these loads inserted or replaced
-    (counted in the warehouse, so right for a resumed load too). A table that does not exist
-    yet counts 0."""
+    (counted in the warehouse, so right for a resumed load too). A nested table (an API's
+    list field, ``deals__tags``) has no load id of its own: its rows count with their root
+    row's. A table that does not exist yet counts 0."""
     if not tables or load_ids == []:
         return dict.fromkeys(tables, 0)
     with pipeline.sql_client() as client:
-        existing = {
-            row[0]
-            for row in client.execute_sql(
-                "select table_name from information_schema.columns "
-                "where table_schema = %s and column_name = '_dlt_load_id'",
-                client.dataset_name,
-            )
-        }
-        where = f"where _dlt_load_id in ({', '.join(['%s'] * len(load_ids))})" if load_ids else ""
-        return {
-            table: client.execute_sql(
-                f"select count(*) from {client.make_qualified_table_name(table)} {where}",
-                *(load_ids or ()),
-            )[0][0]
-            if table in existing
-            else 0
-            for table in tables
-        }
+        columns: dict[str, set[str]] = {}
+        for table, column in client.execute_sql(
+            "select table_name, column_name from information_schema.columns "
+            "where table_schema = %s and column_name in ('_dlt_load_id', '_dlt_root_id')",
+            client.dataset_name,
+        ):
+            columns.setdefault(table, set()).add(column)
+        marks = ", ".join(["%s"] * len(load_ids or ()))
+        counts = {}
+        for table in tables:
+            name = client.make_qualified_table_name(table)
+            has = columns.get(table, set())
+            if not has:
+                counts[table] = 0
+                continue
+            if not load_ids:
+                query = f"select count(*) from {name}"
+            elif "_dlt_load_id" in has:
+                query = f"select count(*) from {name} where _dlt_load_id in ({marks})"
+            else:
+                root = get_root_table(pipeline.default_schema.tables, table)["name"]
+                query = (
+                    f"select count(*) from {name} where _dlt_root_id in (select _dlt_id from "
+                    f"{client.make_qualified_table_name(root)} where _dlt_load_id in ({marks}))"
+                )
+            parameters = list(load_ids) if load_ids else []
+            counts[table] = client.execute_sql(query, *parameters)[0][0]
+        return counts
 
 
 def _key_columns(pipeline: dlt.Pipeline, table: str) -> list[str]:
