@@ -137,6 +137,9 @@ def _check_api(name: str, source: RestApiSource, settings: Settings, probe: bool
         cursor = (incremental_of(declared_resource, source.resource_defaults) or {}).get(
             "cursor_path", ""
         )
+        declared_key = declared_resource.get("primary_key")
+        if declared_key:  # in the declared order, not the columns'
+            keys = [declared_key] if isinstance(declared_key, str) else list(declared_key)
         notes = []
         if resource_name in windowed:
             notes.append("backfill window")
