@@ -17,6 +17,7 @@ from filelock import FileLock
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_sqlite_path, shop_url
 from tests.integration.sources import expected_marts
 from tributary.settings import PROJECT_ROOT, Settings
 
@@ -28,7 +29,7 @@ WAITING = "Waiting for the "
 
 def test_two_overlapping_local_runs_both_complete(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=300, seed=21)
+    generate(shop_url(settings), settings.demo_api_db, orders=300, seed=21)
     token = secrets.token_urlsafe(12)
     with serve_in_background(settings.demo_api_db, token) as api_url:
         env = {
@@ -74,7 +75,7 @@ def test_two_overlapping_local_runs_both_complete(tmp_path: Path) -> None:
             output = "".join(lines)
             assert run.returncode == 0, output[-3000:]
             assert "Finished in state Completed()" in output
-        expected = expected_marts(settings.shop_sqlite_path, api_url, token)
+        expected = expected_marts(shop_sqlite_path(settings), api_url, token)
 
     with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
         for table, key in [

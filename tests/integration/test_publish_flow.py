@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from demo.simulate import simulate
 from flows.dbt_build import DbtBuildParameters, build
 from flows.elt import StepFailed, elt
@@ -63,7 +64,7 @@ def _readers_view(shop: Shop) -> Shop:
 
 def _move_shop(shop: Shop, step: int) -> None:
     simulate(
-        shop.settings.shop_connection_url,
+        shop_url(shop.settings),
         shop.settings.demo_api_db,
         now=datetime.now(UTC).replace(tzinfo=None, microsecond=0),
         seed=SEED + step,
@@ -75,7 +76,7 @@ def _move_shop(shop: Shop, step: int) -> None:
 def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Shop]:
     data_dir: Path = tmp_path_factory.mktemp("publish")
     settings = Settings(data_dir=data_dir)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
+    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
     with (
         serve_in_background(settings.demo_api_db, "token") as api_url,
         pytest.MonkeyPatch.context() as env,

@@ -29,6 +29,7 @@ from prefect.states import Running
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_url
 from flows.dbt_build import build
 from flows.elt import EltParameters, StepFailed, elt
 from tests.receivers import webhook_receiver
@@ -122,7 +123,7 @@ class Shop:
 def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Shop]:
     data_dir = tmp_path_factory.mktemp("history")
     settings = Settings(data_dir=data_dir)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=ORDERS, seed=17)
+    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=17)
     token = secrets.token_urlsafe(12)
     with (
         serve_in_background(settings.demo_api_db, token) as api_url,
