@@ -21,6 +21,7 @@ import pytest
 
 from demo.api import serve_in_background
 from demo.generate import generate
+from demo.paths import shop_sqlite_path
 from tests.receivers import webhook_receiver
 from tributary.settings import PROJECT_ROOT, Settings
 
@@ -79,7 +80,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     data = root / "data"
     settings = Settings(data_dir=data)
-    generate(settings.shop_connection_url, settings.demo_api_db, orders=ORDERS, seed=5)
+    generate(f"sqlite:///{shop_sqlite_path(settings)}", settings.demo_api_db, orders=ORDERS, seed=5)
     token = secrets.token_urlsafe(16)
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"

@@ -14,8 +14,10 @@ import duckdb
 import httpx
 import pytest
 
+from demo.paths import shop_sqlite_path
 from tests.deploy.conftest import BIN, Stack
 from tests.integration.sources import expected_marts
+from tributary.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +105,7 @@ def test_daily_then_dbt_build_through_the_cli(stack: Stack) -> None:
     run = _api(stack, "GET", f"/flow_runs/{_run_id(result.stdout)}")
     assert run["state"]["type"] == "COMPLETED", result.stdout + _server_log_tail(stack)
 
-    expected = expected_marts(stack.settings.shop_sqlite_path, stack.api_url, stack.token)
+    expected = expected_marts(shop_sqlite_path(stack.settings), stack.api_url, stack.token)
     [(orders, order_total)] = _warehouse(
         stack, "select count(*), sum(order_total) from marts.fct_orders"
     )
@@ -137,10 +139,29 @@ def test_parameter_schema_is_enforced(stack: Stack) -> None:
         "run",
         "elt/daily",
         "--params",
-        '{"params": {"sources": ["nowhere"]}}',
+        '{"params": {"sources": "shop"}}',
     )
     assert result.returncode != 0
-    assert "nowhere" in result.stdout + result.stderr
+    output = " ".join((result.stdout + result.stderr).split())  # as wrapped at the terminal
+    assert "Validation failed for field 'params.sources'" in output
+    assert "Failure reason: 'shop' is not valid under any of the given schemas" in output
+
+
+def test_an_undeclared_source_fails_the_run_naming_it(stack: Stack) -> None:
+    """Source names live in the sources file, not in the deployment's parameter schema: a
+    name it does not declare is refused when the run validates its parameters, before any
+    data moves."""
+    run_id = _trigger(stack, "elt/daily", "--params", '{"params": {"sources": ["nowhere"]}}')
+    run = _wait_final(stack, run_id)
+    assert run["state"]["type"] == "FAILED", _logs(stack, run_id)
+    _wait_log(
+        stack,
+        run_id,
+        f"sources: no source nowhere in {PROJECT_ROOT / 'sources.yml'}; "
+        "the sources are shop, payments, fx",
+    )
+    tasks = _api(stack, "POST", "/task_runs/filter", json={"flow_runs": {"id": {"any_": [run_id]}}})
+    assert tasks == []  # nothing was ingested, nothing built
 
 
 def test_two_overlapping_runs_both_complete(stack: Stack) -> None:
@@ -155,7 +176,7 @@ def test_two_overlapping_runs_both_complete(stack: Stack) -> None:
         "the runs did not overlap; the test proves nothing"
     )
     _assert_unique_keys(stack)
-    expected = expected_marts(stack.settings.shop_sqlite_path, stack.api_url, stack.token)
+    expected = expected_marts(shop_sqlite_path(stack.settings), stack.api_url, stack.token)
     [(orders,)] = _warehouse(stack, "select count(*) from marts.fct_orders")
     assert orders == len(expected.fct_orders)
 
