@@ -56,7 +56,7 @@ def test_network_faults_and_a_locked_warehouse_are_transient() -> None:
 
 
 def test_configuration_errors_are_permanent_even_when_wrapping_network_errors() -> None:
-    error = ConfigurationError("TRIBUTARY_SHOP_DB_PATH: no shop database")
+    error = ConfigurationError("sources.shop.credentials: no SQLite database at /data/shop.sqlite")
     error.__cause__ = ConnectionError("refused")
     assert not is_transient(error)
 
