@@ -146,14 +146,17 @@ def _quarantined(world: Stack, table: str) -> list[tuple[str, str]]:
 # --- random kills ---------------------------------------------------------------------------
 
 
-def _random_kill(main_only: bool) -> Inject:
+def random_kill(*, main_only: bool, phase: Phase | None = None) -> Inject:
+    """A kill of a first load or of an incremental run (``phase``, else drawn), at a moment
+    drawn uniformly over that kind of run's measured duration."""
+
     def inject(world: Stack, ctx: Context) -> None:
-        phase: Phase = ctx.rng.choice(("first", "incremental"))
-        if phase == "incremental":
+        kind: Phase = phase or ctx.rng.choice(("first", "incremental"))
+        if kind == "incremental":
             _clean_run(world, ctx)
             world.simulate()
-        at = ctx.rng.uniform(0, ctx.durations[(world.backend, phase)])
-        world.run_killed(f"killed-{phase}-at-{at:.1f}s", after=at, main_only=main_only)
+        at = ctx.rng.uniform(0, ctx.durations[(world.backend, kind)])
+        world.run_killed(f"killed-{kind}-at-{at:.1f}s", after=at, main_only=main_only)
 
     return inject
 
@@ -293,7 +296,7 @@ drop table loose;
 """
 
 
-def _bad_api_rows(world: Stack, ctx: Context) -> None:
+def bad_api_rows(world: Stack, ctx: Context) -> None:
     """Case 6: a text amount, a missing amount, an unknown currency and a NULL payment_id are
     quarantined and never reach raw; the run completes and the next ones are not stuck."""
     world.store(LOOSE_PAYMENTS)
@@ -479,14 +482,14 @@ KILLS = (
         "kill",
         BACKENDS,
         "SIGKILL of the run's process group at a uniform moment of a first or incremental run",
-        _random_kill(main_only=False),
+        random_kill(main_only=False),
     ),
     Fault(
         "kill-main",
         "kill",
         BACKENDS,
         "SIGKILL of the main process alone at a uniform moment; nothing it started survives",
-        _random_kill(main_only=True),
+        random_kill(main_only=True),
     ),
 )
 NAMED = (
@@ -497,7 +500,7 @@ NAMED = (
     ),
     Fault("failing-test", "named", ("sqlite",), _failing_test.__doc__ or "", _failing_test),
     Fault("reader-held", "named", ("sqlite",), _reader_held.__doc__ or "", _reader_held),
-    Fault("bad-api-rows", "named", ("sqlite",), _bad_api_rows.__doc__ or "", _bad_api_rows),
+    Fault("bad-api-rows", "named", ("sqlite",), bad_api_rows.__doc__ or "", bad_api_rows),
     Fault("emptied-tables", "named", BACKENDS, _emptied_tables.__doc__ or "", _emptied_tables),
     Fault("warehouse-held", "named", ("sqlite",), _warehouse_held.__doc__ or "", _warehouse_held),
     Fault(
