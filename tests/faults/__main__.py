@@ -40,20 +40,20 @@ app = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False)
 
 def plan(kills: int, only: list[str], backends: tuple[Backend, ...]) -> list[tuple[Fault, Backend]]:
     """The trials, in order: a control per backend first (it measures the run durations the
-    kills draw from), then the random kills alternating backend and kind, then each other
-    fault once per backend it applies to."""
+    kills draw from), then each other fault once per backend it applies to, then the random
+    kills alternating backend and kind."""
     chosen = [FAULTS[name] for name in only] if only else list(FAULTS.values())
     kill_kinds = [fault for fault in KILLS if fault in chosen]
     trials: list[tuple[Fault, Backend]] = []
     if CONTROL in chosen or (kill_kinds and kills):
         trials += [(CONTROL, backend) for backend in backends]
-    for i in range(kills if kill_kinds else 0):
-        backend = backends[i % len(backends)]
-        trials.append((kill_kinds[(i // len(backends)) % len(kill_kinds)], backend))
     for fault in chosen:
         if fault.kind in ("control", "kill"):
             continue
         trials += [(fault, backend) for backend in backends if backend in fault.backends]
+    for i in range(kills if kill_kinds else 0):
+        backend = backends[i % len(backends)]
+        trials.append((kill_kinds[(i // len(backends)) % len(kill_kinds)], backend))
     return trials
 
 
