@@ -362,11 +362,17 @@ def _check_history(stack: Stack, figures: Figures, known: set[str], history_from
         if run_id not in known
     }
     by_name = {name: run_id for run_id, (name, _) in flow_runs.items()}
-    must = {
-        by_name[run.flow_run_name]
-        for run in stack.runs[history_from:]
-        if run.flow_run_name in by_name
-    }
+    # Every flow run of the trial, also one killed before it logged its name; after a fault
+    # that destroys the warehouse, those of the runs from ``history_from`` on.
+    must = (
+        set(flow_runs)
+        if history_from == 0
+        else {
+            by_name[run.flow_run_name]
+            for run in stack.runs[history_from:]
+            if run.flow_run_name in by_name
+        }
+    )
     for run_id, (name, state) in sorted(flow_runs.items()):
         if state in UNFINISHED_STATES:
             figures.mismatch(f"history: Prefect still shows flow run {name} {state}")
