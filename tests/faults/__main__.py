@@ -121,6 +121,7 @@ def main(
             f"[{number}/{len(todo)}] {fault.name} on {on}: {verdict} in {trial.seconds:.0f} s",
             highlight=False,
         )
+        console.print(f"    runs: {', '.join(trial.runs)}", highlight=False, markup=False)
         for problem in trial.figures.problems:
             console.print(f"    {problem}", highlight=False, markup=False)
     table, summary = _table(trials)

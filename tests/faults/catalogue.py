@@ -82,6 +82,7 @@ class Trial:
     figures: Figures
     seconds: float
     folder: Path | None  # kept when the trial found something
+    runs: list[str] = field(default_factory=list)  # each run: label and how it ended
 
 
 # --- helpers for injections ---------------------------------------------------------------
@@ -606,5 +607,18 @@ def run_trial(
         if not figures.survived:
             world.keep = True
     return Trial(
-        fault.name, backend, figures, time.monotonic() - started, root if world.keep else None
+        fault.name,
+        backend,
+        figures,
+        time.monotonic() - started,
+        root if world.keep else None,
+        [f"{run.label} {_ending(run)}" for run in world.runs],
     )
+
+
+def _ending(run: Run) -> str:
+    if run.killed:
+        return f"killed ({run.killed}) at {run.seconds:.0f} s"
+    if run.stuck:
+        return "stuck"
+    return "completed" if run.completed else f"failed (exit {run.returncode})"
