@@ -5,6 +5,7 @@ then check everything (tests/faults/checks.py)."""
 from __future__ import annotations
 
 import random
+import secrets
 import subprocess
 import threading
 import time
@@ -29,6 +30,7 @@ from tests.faults.stack import (
     Stack,
     stack,
 )
+from tests.receivers import smtp_receiver, webhook_receiver
 
 Kind = Literal["control", "kill", "named", "api", "postgresql"]
 Phase = Literal["first", "incremental"]
@@ -249,6 +251,31 @@ def _bulk_plan_kill(world: Stack, ctx: Context) -> Options:
     )
     ctx.figures.expect(killed.killed == "group", "the bulk-read plan never appeared")
     return Options()
+
+
+def _webhook_fails(world: Stack, ctx: Context) -> None:
+    """Case 4: a run failing (a wrong API token) while the webhook answers 500 still sends its
+    e-mail, and the webhook's URL (its path is the secret) is in none of the run's output."""
+    path = f"/services/{secrets.token_hex(12)}"
+    with (
+        webhook_receiver(status=500, path=path) as (hook, posted),
+        smtp_receiver() as (port, mails),
+    ):
+        world.extra_env.update(
+            TRIBUTARY_SLACK_WEBHOOK_URL=hook,
+            TRIBUTARY_SMTP_HOST="127.0.0.1",
+            TRIBUTARY_SMTP_PORT=str(port),
+            TRIBUTARY_ALERT_EMAIL_TO='["data-team@example.com"]',
+            SOURCES__PAYMENTS__TOKEN="not-the-token",
+        )
+        try:
+            failed = world.run("wrong-token")
+        finally:
+            world.extra_env.clear()
+    _failed(world, ctx, failed, "the API answers 401", "ingest payments")
+    ctx.figures.expect(bool(posted), "the webhook was never tried")
+    ctx.figures.expect(bool(mails), "the e-mail did not go out after the webhook failed")
+    ctx.figures.expect(path[10:] not in failed.output, "the webhook's secret path is in the output")
 
 
 def _failing_test(world: Stack, ctx: Context) -> None:
@@ -499,6 +526,7 @@ NAMED = (
     Fault(
         "bulk-plan-kill", "named", ("postgresql",), _bulk_plan_kill.__doc__ or "", _bulk_plan_kill
     ),
+    Fault("webhook-fails", "named", ("sqlite",), _webhook_fails.__doc__ or "", _webhook_fails),
     Fault("failing-test", "named", ("sqlite",), _failing_test.__doc__ or "", _failing_test),
     Fault("reader-held", "named", ("sqlite",), _reader_held.__doc__ or "", _reader_held),
     Fault("bad-api-rows", "named", ("sqlite",), bad_api_rows.__doc__ or "", bad_api_rows),
