@@ -9,7 +9,7 @@ VENV := .venv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench faults clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -43,6 +43,12 @@ test: lint
 bench: setup
 	$(UV) sync --frozen --quiet --compile-bytecode --group bench
 	$(VENV)/bin/python -m bench.sql_to_duckdb $(BENCH_ARGS)
+
+# Not part of CI (tests/faults/test_sample.py is its sample there): break real runs on purpose
+# and check nothing was lost. FAULTS_ARGS="--kills 20 --backend sqlite", "--only api-429", ...
+FAULTS_ARGS ?= --kills 100
+faults: setup
+	$(VENV)/bin/python -m tests.faults $(FAULTS_ARGS)
 
 clean:
 	rm -rf data dbt_project/target dbt_project/logs

@@ -17,19 +17,45 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_PAGE = 1_000
 
 
 class Faults(BaseModel):
-    """Misbehaviour on purpose, as fractions of requests; all off by default."""
+    """Misbehaviour on purpose, as fractions of requests; all off by default. A running server
+    reads them on every request, so a test may change them between (or during) runs."""
+
+    model_config = ConfigDict(validate_assignment=True)
 
     error_rate: float = Field(0.0, ge=0, le=1, description="Answer 503.")
-    rate_limit_rate: float = Field(0.0, ge=0, le=1, description="Answer 429, Retry-After: 1.")
+    rate_limit_rate: float = Field(
+        0.0, ge=0, le=1, description="Answer 429 with Retry-After: retry_after_seconds."
+    )
+    retry_after_seconds: int = Field(1, ge=0, description="The Retry-After of a 429.")
     latency_ms: int = Field(0, ge=0, description="Added to every request.")
+    truncate_rate: float = Field(
+        0.0, ge=0, le=1, description="Answer 200 with the first half of the JSON body only."
+    )
+    disconnect_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Send the headers and half the body, then close the connection (the "
+        "server gone mid-page).",
+    )
+    repeat_page_rate: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Send a payments page whose next_cursor asks for the same page again.",
+    )
+    max_page_size: int | None = Field(
+        None, ge=1, description="Serve at most this many rows per page, whatever is asked."
+    )
     seed: int = 0
 
 
@@ -61,25 +87,12 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
     app = FastAPI(title="Sample shop payments API", docs_url=None, redoc_url=None)
     faults = faults or Faults()
     chance = random.Random(faults.seed)
+    app.add_middleware(_Misbehave, faults=faults, chance=chance)
 
     def connect() -> sqlite3.Connection:
         connection = sqlite3.connect(db_path)
         connection.row_factory = sqlite3.Row
         return connection
-
-    @app.middleware("http")
-    async def misbehave(request: Request, call_next: Any) -> Response:
-        if request.url.path == "/health":
-            return await call_next(request)
-        if faults.latency_ms:
-            time.sleep(faults.latency_ms / 1000)
-        if chance.random() < faults.error_rate:
-            return JSONResponse({"error": "service unavailable"}, status_code=503)
-        if chance.random() < faults.rate_limit_rate:
-            return JSONResponse(
-                {"error": "rate limited"}, status_code=429, headers={"Retry-After": "1"}
-            )
-        return await call_next(request)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -95,6 +108,7 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
     ) -> JSONResponse:
         if not authorization or not secrets.compare_digest(authorization, f"Bearer {token}"):
             return JSONResponse({"error": "invalid or missing bearer token"}, status_code=401)
+        limit = min(limit, faults.max_page_size or limit)
         where, params = ["1 = 1"], []
         if updated_since is not None:
             where.append("updated_at >= ?")
@@ -118,6 +132,9 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
             if len(rows) > limit
             else None
         )
+        if faults.repeat_page_rate and chance.random() < faults.repeat_page_rate:
+            # The same page again: from the cursor given, or from the start (before every row).
+            next_cursor = cursor or _encode_cursor("", "")
         data = [
             {
                 **dict(row),
@@ -135,6 +152,7 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
         page: Annotated[int, Query(ge=1)] = 1,
         page_size: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ) -> dict[str, Any]:
+        page_size = min(page_size, faults.max_page_size or page_size)
         where, params = ["1 = 1"], []
         if start_date is not None:
             where.append("date >= ?")
@@ -161,6 +179,56 @@ def create_app(db_path: Path, token: str, *, faults: Faults | None = None) -> Fa
         }
 
     return app
+
+
+class _Misbehave:
+    """The fault knobs, as ASGI middleware: it decides before the app answers (latency, 503,
+    429) or spoils the answer on its way out (a truncated body, a connection closed mid-body)."""
+
+    def __init__(self, app: ASGIApp, faults: Faults, chance: random.Random) -> None:
+        self.app, self.faults, self.chance = app, faults, chance
+
+    def _draw(self, rate: float) -> bool:
+        return bool(rate) and self.chance.random() < rate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        faults = self.faults
+        if faults.latency_ms:
+            time.sleep(faults.latency_ms / 1000)
+        if self._draw(faults.error_rate):
+            await JSONResponse({"error": "service unavailable"}, status_code=503)(
+                scope, receive, send
+            )
+            return
+        if self._draw(faults.rate_limit_rate):
+            await JSONResponse(
+                {"error": "rate limited"},
+                status_code=429,
+                headers={"Retry-After": str(faults.retry_after_seconds)},
+            )(scope, receive, send)
+            return
+        truncate = self._draw(faults.truncate_rate)
+        disconnect = self._draw(faults.disconnect_rate)
+        if not truncate and not disconnect:
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            messages.append(message)
+
+        await self.app(scope, receive, keep)
+        start, body = messages[0], b"".join(m.get("body", b"") for m in messages[1:])
+        half = body[: len(body) // 2]
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        # Disconnecting announces the whole body, sends half and returns: the server then
+        # closes the socket with the response unfinished.
+        length = len(half) if truncate else len(body)
+        await send({**start, "headers": [*headers, (b"content-length", str(length).encode())]})
+        await send({"type": "http.response.body", "body": half, "more_body": disconnect})
 
 
 @contextmanager

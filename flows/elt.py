@@ -238,6 +238,7 @@ def elt(params: EltParameters | None = None) -> RunReport:
                     )
                 raise StepFailed(f"ingest {source}", exc, note=note) from exc
             loads.append(load)
+            journal.record(RunReport(warehouse=settings.warehouse, loads=loads))
             logger.info(
                 "ingest %s: %d rows into %s (%s)",
                 source,

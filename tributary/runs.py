@@ -8,7 +8,9 @@ writes its history to the warehouse and removes its file; when the warehouse can
 (a reader holds the file, the lock timed out) the file keeps the final rows instead. Every run,
 as it starts, writes what earlier runs left: final rows as they are, and a run still marked
 running whose lock is free as ``crashed``, finished when its file was last touched (a
-heartbeat touches it every ``HEARTBEAT_SECONDS``); Prefect is told too, when it still shows
+heartbeat touches it every ``HEARTBEAT_SECONDS``), with the loads it recorded as each source
+finished (``record``: a source loaded before the kill is counted once, by the killed run, in
+``ops.table_loads``); Prefect is told too, when it still shows
 that flow run RUNNING or PENDING, and the alert channels when no server automation will.
 """
 
@@ -42,7 +44,8 @@ Status = Literal["running", "completed", "failed", "crashed"]
 
 
 class JournalEntry(BaseModel):
-    """One run as its journal file holds it; ``final`` (the history rows) once it has ended."""
+    """One run as its journal file holds it: ``progress`` (what it has loaded so far, as
+    history rows) while it runs, ``final`` (the history rows) once it has ended."""
 
     flow_run_id: str
     flow_name: str
@@ -51,6 +54,7 @@ class JournalEntry(BaseModel):
     pid: int
     started_at: datetime
     status: Status = "running"
+    progress: RunRow | None = None
     final: RunRow | None = None
 
 
@@ -139,6 +143,22 @@ class RunJournal:
         while not self._stop.wait(HEARTBEAT_SECONDS):
             with suppress(FileNotFoundError):
                 os.utime(self.path)
+
+    def record(self, report: RunReport) -> None:
+        """Keep what the run has loaded so far: a run killed later is written with these
+        loads (``ops.table_loads``), which no later run counts again."""
+        row = run_row(
+            flow_run_id=self.entry.flow_run_id,
+            flow_name=self.entry.flow_name,
+            deployment=self.entry.deployment,
+            status="running",
+            error=None,
+            started_at=self.entry.started_at,
+            finished_at=datetime.now(UTC),
+            report=report,
+        )
+        self.entry = self.entry.model_copy(update={"progress": row})
+        _write(self.path, self.entry)
 
     def finish(
         self, status: Literal["completed", "failed"], error: str | None, report: RunReport
@@ -255,6 +275,7 @@ def _crashed(
             f"stopped); last seen {last_seen:%Y-%m-%d %H:%M:%S} UTC; "
             f"found by flow run {found_by}"
         )
+        loaded = current.progress
         row = RunRow(
             flow_run_id=current.flow_run_id,
             flow_name=current.flow_name,
@@ -263,6 +284,9 @@ def _crashed(
             error=error,
             started_at=current.started_at,
             finished_at=last_seen,
+            rows_loaded=loaded.rows_loaded if loaded else 0,
+            tables=loaded.tables if loaded else [],
+            schema_changes=loaded.schema_changes if loaded else [],
         )
         crashed = current.model_copy(update={"status": "crashed", "final": row})
         _write(path, crashed)

@@ -95,3 +95,36 @@ def test_fault_knobs_answer_503_and_429(api: tuple[str, Path]) -> None:
         response = httpx.get(f"{url}/exchange-rates")
         assert response.status_code == 429
         assert response.headers["Retry-After"] == "1"
+
+
+def test_fault_knobs_spoil_answers_on_the_way_out(api: tuple[str, Path]) -> None:
+    _, store = api
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    faults = Faults(truncate_rate=1.0)
+    with serve_in_background(store, TOKEN, faults=faults) as url:
+        response = httpx.get(f"{url}/payments", headers=headers)
+        assert response.status_code == 200
+        with pytest.raises(ValueError):
+            response.json()
+        faults.truncate_rate, faults.disconnect_rate = 0.0, 1.0
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.get(f"{url}/payments", headers=headers)
+        faults.disconnect_rate, faults.rate_limit_rate, faults.retry_after_seconds = 0.0, 1.0, 7
+        assert httpx.get(f"{url}/payments", headers=headers).headers["Retry-After"] == "7"
+
+
+def test_fault_knobs_cap_pages_and_repeat_them(api: tuple[str, Path]) -> None:
+    _, store = api
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    faults = Faults(max_page_size=10, repeat_page_rate=1.0)
+    with serve_in_background(store, TOKEN, faults=faults) as url:
+        first = httpx.get(f"{url}/payments", headers=headers, params={"limit": 100}).json()
+        assert len(first["data"]) == 10
+        again = httpx.get(
+            f"{url}/payments",
+            headers=headers,
+            params={"limit": 100, "cursor": first["next_cursor"]},
+        ).json()
+        assert again["data"] == first["data"]
+        rates = httpx.get(f"{url}/exchange-rates", params={"page_size": 100}).json()
+        assert len(rates["data"]) == rates["page_size"] == 10

@@ -4,11 +4,13 @@ reader (another process) holds the warehouse, and the next flush writes them exa
 from __future__ import annotations
 
 import logging
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from uuid import uuid4
 
 import duckdb
 import pytest
@@ -18,7 +20,7 @@ from ingestion.pipeline import SourceLoad, TableLoad
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.report import RunReport
 from tributary.runs import RunJournal, flush
-from tributary.settings import Settings
+from tributary.settings import PROJECT_ROOT, Settings
 
 
 @contextmanager
@@ -143,3 +145,51 @@ def test_an_unreadable_journal_file_is_skipped_and_said(
     with caplog.at_level(logging.WARNING):
         assert flush(settings, found_by="run-2") == []
     assert "torn.json cannot be read, skipped" in caplog.text
+
+
+def test_a_killed_run_is_written_with_what_it_had_loaded(
+    settings: Settings, prefect_server: None
+) -> None:
+    """A run SIGKILLed after a source had loaded, before the run ended: its loads once never
+    reached ops.table_loads, so the counts there no longer added up to the raw tables (found
+    by the fault suite, tests/faults)."""
+    flow_run_id = str(uuid4())
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from tests.tributary.test_runs import REPORT_LOADS\n"
+            "from tributary.report import RunReport\n"
+            "from tributary.runs import RunJournal\n"
+            "from tributary.settings import Settings\n"
+            f"settings = Settings(data_dir={str(settings.data_dir)!r})\n"
+            f"journal = RunJournal.open(settings, flow_run_id={flow_run_id!r}, "
+            "flow_name='elt', deployment=None)\n"
+            "journal.record(RunReport(warehouse=settings.warehouse, loads=REPORT_LOADS))\n"
+            "print('loaded', flush=True)\n"
+            "time.sleep(600)\n",
+        ],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None and killed.stdout.readline() == "loaded\n"
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+
+    [row] = flush(settings, found_by="run-2")
+    assert (row.flow_run_id, row.status, row.rows_loaded) == (flow_run_id, "crashed", 16)
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        tables = warehouse.sql(
+            "select flow_run_id, table_name, load_ids, rows_new, rows_updated, rows_deleted "
+            "from ops.table_loads order by table_name"
+        ).fetchall()
+        changes = warehouse.sql("select flow_run_id, column_name from ops.schema_changes")
+        assert changes.fetchall() == [(flow_run_id, "phone")]
+    assert tables == [
+        (flow_run_id, "customers", ["1767.1", "1767.2"], 4, 0, 0),
+        (flow_run_id, "orders", ["1767.1", "1767.2"], 7, 3, 2),
+    ]
