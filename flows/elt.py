@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import date
-from typing import Literal
+from typing import Any, Literal
 
 import prefect.runtime
 from prefect import flow, get_run_logger, task
@@ -25,7 +26,19 @@ from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumab
 from tributary.errors import retry_if_transient
 from tributary.report import RunReport
 from tributary.runs import begin_run, guard_local_server
-from tributary.settings import DBT_PROJECT_DIR, get_settings
+from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
+
+
+def _declared(schema: dict[str, Any], names: Callable[[Settings], list[str]]) -> None:
+    """The names the sources file declares when the schema is made (at `prefect deploy`), as
+    the items' enum: the server refuses another at `prefect deployment run`. The run checks
+    them again against the file as it is then."""
+    try:
+        declared = names(get_settings())
+    except Exception:  # no readable file here: the run's own check still names the problem
+        return
+    if declared:
+        schema.setdefault("items", {})["enum"] = declared
 
 
 class EltParameters(BaseModel):
@@ -37,11 +50,13 @@ class EltParameters(BaseModel):
         default_factory=list,
         description="Sources to ingest, in order, by their names in the sources file; empty: "
         "every declared source (or every one with one of `tags`).",
+        json_schema_extra=lambda schema: _declared(schema, registry.source_names),
     )
     tags: list[str] = Field(
         default_factory=list,
         description="Ingest the declared sources that carry any of these tags (with `sources` "
         "empty), e.g. [intraday].",
+        json_schema_extra=lambda schema: _declared(schema, registry.all_tags),
     )
     window_start: date | None = Field(
         default=None,
