@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
 import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.readers import held_connection
 from tributary.cli import _print_summary
@@ -103,6 +105,16 @@ def last_invocation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     run_results.write_text(json.dumps({"metadata": {"invocation_id": "inv-1"}}))
     monkeypatch.setattr("tributary.dbt.RUN_RESULTS", run_results)
     return run_results
+
+
+@pytest.fixture(autouse=True)
+def lock_file_of_each_warehouse() -> Iterator[None]:
+    """The warehouse lock as a run without a server takes it: a lock file beside each test's
+    own warehouse. Later in a session the shared Prefect server's one global slot may still be
+    leased (for up to 300 s) to a run another test killed, and these tests take the lock with
+    a 1 s timeout, as `tributary publish restore` does."""
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        yield
 
 
 @pytest.fixture
