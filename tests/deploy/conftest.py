@@ -75,7 +75,7 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout: float 
     raise AssertionError(f"prefect server not healthy after {timeout} s:\n{log.read_text()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
     data = root / "data"
@@ -132,6 +132,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             setup = stack.cli(str(BIN / "tributary"), "server-setup")
             assert setup.returncode == 0, setup.stdout + setup.stderr
             stack.prefect("deploy", "--all")
+            # The tests trigger runs themselves. A schedule left on fires on the quarter hour
+            # and runs `elt` from this checkout in the middle of other tests (its dbt build
+            # rewrote dbt_project/target/ under a publishing test: "another dbt invocation").
+            stack.prefect("deployment", "schedule", "pause", "--all")
             worker_log = stack.logs / "worker.log"
             with worker_log.open("w") as out:
                 stack.processes.append(
