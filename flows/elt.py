@@ -25,7 +25,7 @@ from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.report import RunReport
-from tributary.runs import begin_run, guard_local_server
+from tributary.runs import begin_run, guard_local_server, journaled_load_ids
 from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
 
 
@@ -204,14 +204,16 @@ def ingest(
 ) -> SourceLoad:
     """One dlt pipeline run; a retry first loads what the failed attempt left pending."""
     bounds = (window[0].isoformat(), window[1].isoformat()) if window else None
+    settings = get_settings()
     return run_source(
         source,
-        get_settings(),
+        settings,
         full_refresh=full_refresh,
         refresh_tables=refresh_tables or (),
         window=bounds,
         reconcile_deletes=reconcile_deletes,
         confirm_deletes=confirm_deletes,
+        history=lambda: journaled_load_ids(settings),
     )
 
 
@@ -265,6 +267,13 @@ def elt(params: EltParameters | None = None) -> RunReport:
                     for t in load.tables
                 ),
             )
+            if load.carried:
+                logger.warning(
+                    "ingest %s: the counts include load(s) %s of an earlier run, killed after "
+                    "loading and before reporting them",
+                    source,
+                    ", ".join(load.carried),
+                )
             for change in load.schema_changes:
                 logger.warning("ingest %s: schema drift: %s", source, change.describe())
             for count in load.quarantined:

@@ -6,7 +6,8 @@ import gzip
 import json
 import re
 import shutil
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -450,6 +451,17 @@ def _counts_path(settings: Settings, pipeline: dlt.Pipeline) -> Path:
     return settings.pipelines_dir / f"{pipeline.pipeline_name}.counts.json"
 
 
+def _ledger_path(settings: Settings, pipeline: dlt.Pipeline) -> Path:
+    return settings.pipelines_dir / f"{pipeline.pipeline_name}.unreported.json"
+
+
+def _write_json(path: Path, value: Any) -> None:
+    """Replace ``path`` whole: a kill leaves the old file or the new one, never half of one."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value))
+    partial.replace(path)
+
+
 def _load_counts(
     settings: Settings,
     pipeline: dlt.Pipeline,
@@ -460,8 +472,9 @@ def _load_counts(
 ) -> tuple[dict[str, int], dict[str, tuple[int, int, int]]]:
     """(rows per table before, (new, updated, deleted) per table) for the pending packages,
     read off them against the warehouse before anything of them loads, and kept in a file
-    until they have: a run that finishes a load an earlier one started reports what that
-    load changed, not what is left of it."""
+    until a later run has settled them (``_settle_counts``): a run that finishes a load an
+    earlier one started reports what that load changed, not what is left of it, and a run
+    killed after its load but before it reported is counted by the next one."""
     path = _counts_path(settings, pipeline)
     pending = list(pipeline.list_normalized_load_packages())
     if path.is_file():
@@ -472,14 +485,168 @@ def _load_counts(
     before = _count_rows(pipeline, tables)
     # A table read whole is compared with its warehouse copy, unless most of it streams in
     # after the load (``streamed``): then the package holds only its newest rows.
+    whole = full_reads - set(streamed)
     changes = _changes(
-        pipeline,
-        [t for t in tables if t not in streamed],
-        refreshed=fresh,
-        whole=full_reads - set(streamed),
+        pipeline, [t for t in tables if t not in streamed], refreshed=fresh, whole=whole
     )
-    path.write_text(json.dumps({"load_ids": pending, "before": before, "changes": changes}))
+    _write_json(
+        path,
+        {
+            "load_ids": pending,
+            "dataset": pipeline.dataset_name,
+            "tables": tables,
+            "whole": sorted(whole),
+            "fresh": fresh,
+            "before": before,
+            "changes": changes,
+        },
+    )
     return before, changes
+
+
+def _table_loads(
+    tables: Sequence[str],
+    before: dict[str, int],
+    after: dict[str, int],
+    loaded: dict[str, int],
+    changes: dict[str, tuple[int, int, int]],
+    *,
+    fresh: bool,
+    whole: Collection[str],
+    removed: dict[str, int],
+    rejected: dict[str, int],
+) -> list[TableLoad]:
+    """What a load did per table: its counted changes, or for a table they leave out (read
+    whole without a key, streamed, not arrow) its change of row totals."""
+    table_loads = []
+    for table in tables:
+        if table in changes:
+            new, updated, deleted = changes[table]
+        else:
+            new = after[table] - (0 if fresh or table in whole else before[table])
+            updated, deleted = loaded.get(table, 0) - new, 0
+        table_loads.append(
+            TableLoad(
+                table=table,
+                loaded=loaded.get(table, 0),
+                new=new,
+                updated=updated,
+                deleted=deleted + removed.get(table, 0),
+                quarantined=rejected.get(table, 0),
+            )
+        )
+    return table_loads
+
+
+def _settle_counts(settings: Settings, pipeline: dlt.Pipeline, keep: bool) -> None:
+    """Move the last load's counts into the ledger of loads not yet reported (``keep``), or
+    forget them. Call it holding the warehouse lock, before anything new loads: a run killed
+    between its load and its report left only the counts read before the load, and what its
+    deletes after the load did is read off the table as the kill left it (raw tables change
+    only under this pipeline's lock). Counts of a load still pending stay for its resume;
+    those of a load that will never complete (its package aborted) go."""
+    path = _counts_path(settings, pipeline)
+    if not path.is_file():
+        return
+    saved = json.loads(path.read_text())
+    if set(saved["load_ids"]) & set(pipeline.list_normalized_load_packages()):
+        return
+    completed = _completed_loads(pipeline, saved["load_ids"])
+    if keep and completed:
+        load_ids = sorted(completed)
+        if "result" in saved:
+            tables = saved["result"]
+        else:
+            before, changes = saved["before"], saved["changes"]
+            names = saved.get("tables", list(before))  # files older runs wrote lack these
+            after = _count_rows(pipeline, names)
+            # What the deletes after the load removed: what the load should have left, less
+            # what the table holds.
+            removed = {
+                table: max(
+                    (0 if saved.get("fresh") else before[table]) + new - deleted - after[table], 0
+                )
+                for table, (new, _, deleted) in changes.items()
+                if table in before and table in after
+            }
+            tables = [
+                asdict(load)
+                for load in _table_loads(
+                    names,
+                    before,
+                    after,
+                    _count_rows(pipeline, names, load_ids),
+                    {table: tuple(value) for table, value in changes.items()},
+                    fresh=saved.get("fresh", False),
+                    whole=saved.get("whole", ()),
+                    removed=removed,
+                    rejected={},
+                )
+            ]
+        ledger = _ledger_path(settings, pipeline)
+        entries = json.loads(ledger.read_text()) if ledger.is_file() else []
+        if not any(entry["load_ids"] == load_ids for entry in entries):
+            entries.append({"load_ids": load_ids, "tables": tables})
+            _write_json(ledger, entries)
+    path.unlink()
+
+
+def _unreported(
+    settings: Settings, pipeline: dlt.Pipeline, history: Callable[[], Collection[str]]
+) -> list[dict[str, Any]]:
+    """The ledger's loads that no run has reported: in neither ``ops.table_loads`` nor
+    ``history()`` (the load ids of run journals not yet written there). Reported ones leave
+    the ledger."""
+    ledger = _ledger_path(settings, pipeline)
+    if not ledger.is_file():
+        return []
+    entries = json.loads(ledger.read_text())
+    wanted = sorted({load_id for entry in entries for load_id in entry["load_ids"]})
+    with pipeline.sql_client() as client:
+        has_ops = client.execute_sql(
+            "select 1 from information_schema.tables where table_schema = 'ops' "
+            "and table_name = 'table_loads'"
+        )
+        rows = (
+            client.execute_sql(
+                "select distinct unnest(load_ids) from ops.table_loads where dataset = %s "
+                "and list_has_any(load_ids, %s)",
+                pipeline.dataset_name,
+                wanted,
+            )
+            if has_ops and wanted
+            else []
+        )
+    reported = {row[0] for row in rows} | set(history())
+    left = [entry for entry in entries if not reported & set(entry["load_ids"])]
+    if left != entries:
+        if left:
+            _write_json(ledger, left)
+        else:
+            ledger.unlink()
+    return left
+
+
+def _carry(own: list[TableLoad], entries: Sequence[dict[str, Any]]) -> list[TableLoad]:
+    """This load's tables with the unreported loads' counts added."""
+    totals = {load.table: load for load in own}
+    for entry in entries:
+        for values in entry["tables"]:
+            earlier = TableLoad(**values)
+            mine = totals.get(earlier.table)
+            totals[earlier.table] = (
+                earlier
+                if mine is None
+                else TableLoad(
+                    table=mine.table,
+                    loaded=mine.loaded + earlier.loaded,
+                    new=mine.new + earlier.new,
+                    updated=mine.updated + earlier.updated,
+                    deleted=mine.deleted + earlier.deleted,
+                    quarantined=mine.quarantined + earlier.quarantined,
+                )
+            )
+    return list(totals.values())
 
 
 def _guard_soft_deletes(
@@ -660,6 +827,7 @@ def load_source(
     window: tuple[str, str] | None = None,
     reconcile_deletes: bool | None = None,
     confirm_deletes: bool = False,
+    history: Callable[[], Collection[str]] | None = None,
 ) -> SourceLoad:
     """Extract, normalise and load one source.
 
@@ -679,6 +847,11 @@ def load_source(
     load holds it. Packages an interrupted earlier attempt left pending are loaded first and
     nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
     instead of repeating it.
+
+    ``history`` is for a caller that writes each result to ``ops.table_loads``: it returns
+    the load ids of results reported but not yet written there. Given it, the loads an earlier
+    run made and never reported (killed between its load and its report) are counted in this
+    result (``SourceLoad.carried``), once.
     """
     registry.check_names(settings.schema_contract, settings, "TRIBUTARY_SCHEMA_CONTRACT")
     # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
@@ -721,12 +894,13 @@ def load_source(
             resumed = pipeline.has_pending_data
             if db_url:  # an earlier run died between its load and its stream
                 _finish_bulk_plan(pipeline, db_url, plan, built.mask_salt)
+            _settle_counts(settings, pipeline, keep=history is not None)
+            carried = _unreported(settings, pipeline, history) if history else []
         full_reads: set[str] = set()
         if resumed:
             if pipeline.list_extracted_load_packages():
                 _normalize(pipeline, source, journal, settings)
         else:
-            _counts_path(settings, pipeline).unlink(missing_ok=True)
             if mirrored:
                 full_reads = _full_reads(pipeline, dlt_source, refresh)
                 for table in full_reads:
@@ -832,41 +1006,40 @@ def load_source(
                 _counts_path(settings, pipeline).unlink(missing_ok=True)
                 raise DeletesStopped(_stopped(stops))
             info: LoadInfo = pipeline.load()
-            _counts_path(settings, pipeline).unlink(missing_ok=True)
             if db_url:
                 _finish_bulk_plan(pipeline, db_url, plan, built.mask_salt)
             after = _count_rows(pipeline, tables)
             loaded = _count_rows(pipeline, tables, list(info.loads_ids))
             quarantined = _flush_journal(pipeline, source, journal)
             removed, stops = _reconcile(pipeline, snapshots, settings, confirm_deletes)
-    rejected: dict[str, int] = {}
-    for count in quarantined:
-        rejected[count.table] = rejected.get(count.table, 0) + count.rows
-    table_loads = []
-    for table in tables:
-        if table in changes:
-            new, updated, deleted = changes[table]
-        else:  # a whole table, no key or not arrow: counted from row totals
-            new = after[table] - (0 if fresh or table in whole else before[table])
-            updated, deleted = loaded.get(table, 0) - new, 0
-        table_loads.append(
-            TableLoad(
-                table=table,
-                loaded=loaded.get(table, 0),
-                new=new,
-                updated=updated,
-                deleted=deleted + removed.get(table, 0),
-                quarantined=rejected.get(table, 0),
+            rejected: dict[str, int] = {}
+            for count in quarantined:
+                rejected[count.table] = rejected.get(count.table, 0) + count.rows
+            own = _table_loads(
+                tables,
+                before,
+                after,
+                loaded,
+                changes,
+                fresh=fresh,
+                whole=whole,
+                removed=removed,
+                rejected=rejected,
             )
-        )
+            counts = _counts_path(settings, pipeline)
+            if counts.is_file():  # settled by the next run, which finds it reported or not
+                saved = json.loads(counts.read_text())
+                _write_json(counts, saved | {"result": [asdict(load) for load in own]})
+    carried_ids = [load_id for entry in carried for load_id in entry["load_ids"]]
     result = SourceLoad(
         source=source,
         dataset=pipeline.dataset_name,
-        load_ids=list(info.loads_ids),
+        load_ids=carried_ids + list(info.loads_ids),
         resumed=resumed,
-        tables=table_loads,
+        tables=_carry(own, carried),
         quarantined=quarantined,
         schema_changes=schema_changes,
+        carried=carried_ids,
     )
     problems = stops + _quarantine_problems(pipeline.dataset_name, quarantined, loaded, settings)
     if problems:

@@ -33,6 +33,8 @@ class SourceLoad:
     resumed: bool = False
     quarantined: list[QuarantineCount] = field(default_factory=list)
     schema_changes: list[SchemaChange] = field(default_factory=list)
+    # Loads an earlier run made and was killed before reporting, counted in ``tables`` here
+    carried: list[str] = field(default_factory=list)
 
     @property
     def rows_loaded(self) -> int:

@@ -225,6 +225,18 @@ def begin_run(settings: Settings, flow_name: str) -> RunJournal:
     return journal
 
 
+def journaled_load_ids(settings: Settings) -> set[str]:
+    """The load ids run journals hold, written to ``ops.table_loads`` or not yet: with those
+    in ops, the loads some run has reported."""
+    load_ids: set[str] = set()
+    for path in settings.runs_dir.glob("*.json"):
+        entry = _read(path)
+        for row in (entry.progress, entry.final) if entry else ():
+            for table in row.tables if row else ():
+                load_ids.update(table.load_ids)
+    return load_ids
+
+
 def flush(settings: Settings, *, found_by: str) -> list[RunRow]:
     """Write to ops what ended runs left in the journal (all but ``found_by``, the run doing
     it), and remove their files; returns the rows written."""
