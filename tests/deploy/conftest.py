@@ -99,7 +99,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             PREFECT_UI_URL=f"http://127.0.0.1:{port}",
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             PREFECT_LOGGING_LEVEL="INFO",
-            TRIBUTARY_PROJECT_DIR=str(PROJECT_ROOT),
             TRIBUTARY_DATA_DIR=str(data),
             TRIBUTARY_PAYMENTS_API_URL=api_url,
             TRIBUTARY_FX_API_URL=api_url,
