@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tributary.cli_ops import next_steps, query, runs, status
 from tributary.cli_sources import sources_app
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ def demo(
         report = state.result()
     _settle(state.state_details.flow_run_id)
     _print_summary(report)
+    for line in next_steps():
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
@@ -300,6 +303,9 @@ def publish_list() -> None:
 
 
 app.add_typer(sources_app, name="sources")
+app.command()(runs)
+app.command()(status)
+app.command()(query)
 quarantine_app = typer.Typer(no_args_is_help=True, help="Rows kept out of raw, and why.")
 app.add_typer(quarantine_app, name="quarantine")
 
