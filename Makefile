@@ -1,6 +1,7 @@
 # Two commands for a fresh machine with python3 (3.11+) and make:
 #   make demo  — set up, generate the sample shop, serve its API, run the `elt` flow once
 #   make test  — set up, lint, and run the whole test suite
+# While working: make test-fast (lint + the quick tests), make docs (dbt docs on loopback).
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.9
@@ -9,7 +10,7 @@ VENV := .venv
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: setup demo test lint format bench faults clean
+.PHONY: setup demo test test-fast lint format docs docs-build bench faults clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -37,6 +38,27 @@ format: setup
 
 test: lint
 	$(VENV)/bin/pytest --durations=10
+
+# Lint, then the tests that are not marked integration, start no Prefect server (these use
+# the `prefect_server` fixture of tests/conftest.py without the marker) and are not the
+# ingestion tests that run real dlt loads again and again (most of the time left otherwise).
+SERVER_TESTS := \
+	tests/flows/test_elt_failures.py::test_wrong_token_fails_at_once_and_notifies \
+	tests/flows/test_source_selection.py::test_a_source_without_models_loads_and_reports \
+	tests/tributary/test_runs.py::test_a_killed_run_is_written_with_what_it_had_loaded
+LOAD_TESTS := $(addprefix tests/ingestion/test_,drift.py guards.py killed_report.py \
+	own_database.py rest_sources.py shop.py)
+test-fast: lint
+	$(VENV)/bin/pytest -m "not integration" $(addprefix --deselect ,$(SERVER_TESTS)) \
+		$(addprefix --ignore=,$(LOAD_TESTS)) --durations=5
+
+# dbt docs as one static page (catalog from the published file, read-only) in data/docs,
+# served on 127.0.0.1. DOCS_ARGS="--port 8081"; docs-build only builds (CI).
+docs: setup
+	$(VENV)/bin/python -m tributary.docs $(DOCS_ARGS)
+
+docs-build: setup
+	$(VENV)/bin/python -m tributary.docs --no-serve
 
 # Not part of CI: PostgreSQL → DuckDB against the COPY limit and dlt's default backend.
 # BENCH_ARGS="--rows 5000000" for the large run.
