@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import prefect.runtime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -68,6 +70,19 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     return summary
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``python -m flows.dbt_build [--select …] [--exclude …] [--full-refresh]``: the flow once,
+    here, against production (an analyst's own builds: ``tributary dev build``)."""
+    parser = argparse.ArgumentParser(prog="python -m flows.dbt_build", description=main.__doc__)
+    parser.add_argument("--select", "-s", nargs="+", default=[], help="dbt --select")
+    parser.add_argument("--exclude", nargs="+", default=[], help="dbt --exclude")
+    parser.add_argument("--full-refresh", action="store_true", help="dbt --full-refresh")
+    args = parser.parse_args(argv)
     guard_local_server()
-    build()
+    build(
+        DbtBuildParameters(select=args.select, exclude=args.exclude, full_refresh=args.full_refresh)
+    )
+
+
+if __name__ == "__main__":
+    main()

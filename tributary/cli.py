@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tributary.cli_dev import dev_app
 from tributary.cli_ops import next_steps, query, runs, status
 from tributary.cli_sources import sources_app
 
@@ -303,6 +304,7 @@ def publish_list() -> None:
 
 
 app.add_typer(sources_app, name="sources")
+app.add_typer(dev_app, name="dev")
 app.command()(runs)
 app.command()(status)
 app.command()(query)

@@ -39,8 +39,9 @@ def docs_dir(settings: Settings) -> Path:
 
 
 def docs_profile(catalog_from: Path | None) -> dict[str, Any]:
-    """The project's DuckDB output pointed at ``catalog_from`` opened read-only (its other
-    settings kept, e.g. the UTC session), or at an empty in-memory database without one."""
+    """The project's ``prod`` output with ``catalog_from`` as the ``prod`` catalog, attached
+    read-only (its other settings kept, e.g. the UTC session), or an empty in-memory database
+    without one. Never the working warehouse."""
     profiles = yaml.safe_load((DBT_PROJECT_DIR / "profiles.yml").read_text())
     project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
     outputs = profiles[project["profile"]]["outputs"]
@@ -50,12 +51,12 @@ def docs_profile(catalog_from: Path | None) -> dict[str, Any]:
             f"{DBT_PROJECT_DIR / 'profiles.yml'} has no DuckDB output; docs read the "
             "published DuckDB file through one"
         )
-    if catalog_from is None:
-        output["path"] = ":memory:"
-    else:
-        output["path"] = str(catalog_from)
-        # dbt-duckdb opens its path for writing; DuckDB's own option overrides that.
-        output["config_options"] = {**output.get("config_options", {}), "access_mode": "READ_ONLY"}
+    output = {k: v for k, v in output.items() if k not in {"path", "database", "attach"}}
+    output["path"] = ":memory:"
+    if catalog_from is not None:
+        # the catalog every relation names (profiles.yml), here the published file
+        output["database"] = "prod"
+        output["attach"] = [{"path": str(catalog_from), "alias": "prod", "read_only": True}]
     return {project["profile"]: {"target": TARGET, "outputs": {TARGET: output}}}
 
 

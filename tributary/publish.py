@@ -34,6 +34,7 @@ from tributary.settings import (
     HISTORY_SCHEMAS,
     MART_SCHEMAS,
     PUBLICATION_SCHEMA,
+    RAW_SCHEMA_PREFIX,
     ConfigurationError,
     Settings,
 )
@@ -56,7 +57,7 @@ create table {PUBLICATION_SCHEMA}.published_tables (
 );
 """
 # Where a published table came from.
-BUILT, HISTORY = "built by this build", "history"
+BUILT, HISTORY, RAW = "built by this build", "history", "raw, as loaded"
 
 
 class WarehouseInUse(RuntimeError):
@@ -267,8 +268,23 @@ def _write_version(
                 [list(HISTORY_SCHEMAS)],
             ).fetchall()
         ]
+        raw = (
+            [
+                f"{schema}.{table}"
+                for schema, table in version.execute(
+                    "select schema_name, table_name from duckdb_tables() "
+                    "where database_name = 'warehouse' and starts_with(schema_name, ?) "
+                    "and not ends_with(schema_name, '_staging') "
+                    "and not starts_with(table_name, '_dlt_') order by 1, 2",
+                    [RAW_SCHEMA_PREFIX],
+                ).fetchall()
+            ]
+            if settings.publish_raw
+            else []
+        )
         copies = [("warehouse", r, BUILT) for r in sorted(built)]
         copies += [("warehouse", r, HISTORY) for r in history]
+        copies += [("warehouse", r, RAW) for r in raw]
         if carried and previous is not None:
             version.execute(f"attach '{_quoted(previous.path)}' as previous (read_only)")
             copies += [("previous", r, f"carried over from {previous.version}") for r in carried]
@@ -291,11 +307,22 @@ def _write_version(
         raise RuntimeError(f"{partial} kept a write-ahead log after it was closed")
     _fsync(partial)
     os.chmod(partial, 0o444)  # a reader that opens it for writing is refused
+    state = state_path(final)
+    shutil.rmtree(state, ignore_errors=True)
+    if MANIFEST.is_file():  # dev builds defer to the models this version holds
+        state.mkdir()
+        shutil.copy2(MANIFEST, state / "manifest.json")
     os.replace(partial, final)
     _fsync(folder)
     return Publication(
         name, final, settings.published, published_at, flow_run_id, dbt.invocation_id, tables
     )
+
+
+def state_path(version: Path) -> Path:
+    """The dbt state (``manifest.json``) of the build that published ``version``: what dev
+    builds defer to (``dbt --defer --state``)."""
+    return version.with_name(f"{version.name}.state")
 
 
 def _copy_table(
@@ -353,6 +380,10 @@ def _prune(settings: Settings) -> None:
     for path in versions(settings)[: -settings.published_keep]:
         if path != serving:
             path.unlink()
+    kept = set(versions(settings))
+    for state in settings.published_versions.glob("*.state"):
+        if state.with_name(state.name.removesuffix(".state")) not in kept:
+            shutil.rmtree(state)
     for leftover in settings.published_versions.glob("*.partial*"):
         leftover.unlink()
 
@@ -456,13 +487,20 @@ def restore_warehouse(settings: Settings, *, force: bool = False) -> WarehouseRe
 
 
 def _copy_version(version: Path, warehouse: Path) -> None:
-    """A writable working warehouse holding a published version's tables, minus its record."""
+    """A writable working warehouse holding a published version's tables, minus its record
+    and its raw tables: the pipelines' state goes with the bad file, so every source reloads
+    whole (a raw table kept without its state would get an append table's rows twice)."""
     warehouse.parent.mkdir(parents=True, exist_ok=True)
     partial = warehouse.with_name(f"{warehouse.name}.restoring")
     shutil.copyfile(version, partial)
     os.chmod(partial, 0o644)
     with duckdb.connect(str(partial)) as copy:
         copy.execute(f"drop schema {PUBLICATION_SCHEMA} cascade")
+        for (schema,) in copy.execute(
+            "select schema_name from duckdb_schemas() where starts_with(schema_name, ?)",
+            [RAW_SCHEMA_PREFIX],
+        ).fetchall():
+            copy.execute(f'drop schema "{schema}" cascade')
         copy.execute("checkpoint")
     _fsync(partial)
     os.replace(partial, warehouse)

@@ -22,6 +22,9 @@ DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 # the history the pipeline writes (copied as it is), and the publication's own record.
 MART_SCHEMAS = ("marts",)
 HISTORY_SCHEMAS = ("ops", "quarantine")
+# ... and, unless TRIBUTARY_PUBLISH_RAW is false, the raw tables as loaded (`raw_<source>`, dlt's
+# own `_dlt_*` tables left out): what dev builds and analysts read the sources from.
+RAW_SCHEMA_PREFIX = "raw_"
 PUBLICATION_SCHEMA = "tributary"
 
 
@@ -73,6 +76,16 @@ class Settings(BaseSettings):
         default=None,
         description="Folder of published versions, each a whole DuckDB file written once; "
         "default <data_dir>/published/.",
+    )
+    dev_path: Path | None = Field(
+        default=None,
+        description="An analyst's dev warehouse (dbt's dev target, `tributary dev`); default "
+        "<data_dir>/dev/$USER.duckdb.",
+    )
+    publish_raw: bool = Field(
+        default=True,
+        description="Publish the raw tables with the marts: analysts' dev builds read their "
+        'sources from the published file (README "Analysts"). Off: only marts and history.',
     )
     published_keep: int = Field(
         default=5, ge=1, description="Published versions kept (the current one always is)."

@@ -256,7 +256,11 @@ def test_the_allowed_age_is_a_dbt_var(gapped: tuple[Shop, Gaps, RunReport], tmp_
                 str(tmp_path / "logs"),
                 *args,
             ],
-            env={**os.environ, "TRIBUTARY_WAREHOUSE_PATH": str(shop.settings.warehouse)},
+            env={
+                **os.environ,
+                "TRIBUTARY_DBT_TARGET": "prod",
+                "TRIBUTARY_WAREHOUSE_PATH": str(shop.settings.warehouse),
+            },
             check=True,
             capture_output=True,
         )

@@ -6,7 +6,10 @@ corrupt working warehouse names its setting and comes back with one command."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
+import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -27,10 +30,12 @@ from flows.dbt_build import DbtBuildParameters, build
 from flows.elt import StepFailed, elt
 from tests.integration.test_elt_flow import END, MART_KEYS, ORDERS, SEED, Shop, assert_marts_match
 from tests.readers import held_connection, poller
+from tributary import dev
 from tributary.cli import app
+from tributary.lock import warehouse_lock
 from tributary.publish import Publication, current
 from tributary.report import RunReport
-from tributary.settings import Settings, get_settings
+from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
 from tributary.warehouse import RESTORE_COMMAND
 
 pytestmark = pytest.mark.integration
@@ -157,6 +162,85 @@ def test_a_reader_holding_the_published_file_never_blocks_a_run_nor_sees_it_chan
     versions_seen = [row[0] for row in seen]
     assert versions_seen == sorted(versions_seen)
     assert set(versions_seen) <= {first.version, second.version, third.version}
+
+
+def test_an_analyst_builds_a_changed_mart_in_dev_and_reads_the_rest_from_production(
+    shop: Shop, held_across_runs: HeldAcrossRuns, tmp_path: Path
+) -> None:
+    """`tributary dev build` on a copy of the project with one mart changed: only that mart
+    (and its tests) builds, into the analyst's own file, from the published raw tables; its
+    tests compare it with production's other marts (deferred); production's files are not
+    touched, and neither the warehouse lock nor the working warehouse is ever needed — both
+    are held here for the whole build."""
+    settings = shop.settings.model_copy(update={"dev_path": tmp_path / "dev" / "ana.duckdb"})
+    project = tmp_path / "dbt_project"
+    shutil.copytree(DBT_PROJECT_DIR, project, ignore=shutil.ignore_patterns("target", "logs"))
+    model = project / "models" / "marts" / "dim_customers.sql"
+    model.write_text(
+        model.read_text().replace(
+            "        ) as lifetime_value\n\n    from customers",
+            "        ) as lifetime_value,\n"
+            "        coalesce(orders_per_customer.order_count, 0) > 1 as is_repeat_customer\n\n"
+            "    from customers",
+        )
+    )
+    assert "is_repeat_customer" in model.read_text()
+    contract = project / "models" / "marts" / "_marts__models.yml"  # the marts enforce theirs
+    contract.write_text(
+        contract.read_text().replace(
+            "        data_type: decimal(18, 2)\n        data_tests: [not_null]\n\n"
+            "  - name: fct_daily_revenue",
+            "        data_type: decimal(18, 2)\n        data_tests: [not_null]\n"
+            "      - name: is_repeat_customer\n"
+            "        description: More than one order.\n"
+            "        data_type: boolean\n\n"
+            "  - name: fct_daily_revenue",
+        )
+    )
+    assert "is_repeat_customer" in contract.read_text()
+    serving = current(shop.settings)
+    assert serving is not None
+    working = hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest()
+
+    with (
+        warehouse_lock(shop.settings),
+        duckdb.connect(str(shop.settings.warehouse)),  # a writer holds the working warehouse
+    ):
+        result = dev.build(settings, (), project, capture=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    run_results = dev.dev_path(settings).with_name("ana.target") / "run_results.json"
+    executed = {r["unique_id"] for r in json.loads(run_results.read_text())["results"]}
+    assert {node for node in executed if node.startswith("model.")} == {
+        "model.tributary.dim_customers"
+    }
+    assert (
+        "test.tributary.relationships_fct_orders_customer_id__customer_id__ref_dim_customers_"
+        in {node.rsplit(".", 1)[0] for node in executed}
+    )
+    # the dev file: the changed mart, right by the sources; staging views; no other mart
+    relations = dict(dev.describe(settings))
+    assert relations["marts.dim_customers"] == "table"
+    assert "marts.fct_orders" not in relations and "marts.fct_daily_revenue" not in relations
+    assert {r for r, kind in relations.items() if kind == "view"} >= {
+        "staging.stg_shop__orders",
+        "staging.stg_shop__customers",
+    }
+    expected = shop.expected().dim_customers
+    with duckdb.connect(str(dev.dev_path(settings)), read_only=True) as built:
+        repeat = dict(
+            built.sql("select customer_id, is_repeat_customer from marts.dim_customers").fetchall()
+        )
+    assert repeat == {key: row["order_count"] > 1 for key, row in expected.items()}
+    assert any(repeat.values()) and not all(repeat.values())
+    # production: the same published version, without the change; the working file untouched
+    assert current(shop.settings) == serving
+    columns = _query(
+        shop.settings.published,
+        "select column_name from duckdb_columns() where table_name = 'dim_customers'",
+    )
+    assert ("is_repeat_customer",) not in columns
+    assert hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest() == working
 
 
 @dataclass

@@ -19,6 +19,7 @@ from tributary.dbt import DbtFailed, DbtSummary, NodeResult
 from tributary.errors import is_transient
 from tributary.lock import warehouse_lock
 from tributary.publish import (
+    MANIFEST,
     NotPublished,
     Publication,
     WarehouseInUse,
@@ -27,6 +28,7 @@ from tributary.publish import (
     publish,
     restore_published,
     restore_warehouse,
+    state_path,
     versions,
 )
 from tributary.report import RunReport
@@ -74,6 +76,9 @@ def _fill(settings: Settings, orders: int) -> None:
             create schema if not exists raw_shop;
             create or replace table raw_shop.orders as select range as order_id
                 from range({orders});
+            create or replace table raw_shop._dlt_loads as select 'load-1' as load_id;
+            create schema if not exists raw_shop_staging;
+            create or replace table raw_shop_staging.orders as select 1 as order_id;
             create schema if not exists marts;
             create or replace table marts.fct_orders (order_id bigint not null, customer_id
                 bigint not null);
@@ -123,8 +128,11 @@ def settings(tmp_path: Path) -> Settings:
 
 
 def test_a_passing_build_publishes_a_whole_new_file_behind_the_readers_link(
-    settings: Settings,
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    manifest = tmp_path / "manifest.json"  # dbt's, as the build left it
+    manifest.write_text('{"metadata": {"invocation_id": "inv-1"}, "nodes": {}}')
+    monkeypatch.setattr("tributary.publish.MANIFEST", manifest)
     _fill(settings, orders=30)
     published = publish(settings, _build(*MARTS), flow_run_id="run-1", project=MARTS)
 
@@ -134,7 +142,10 @@ def test_a_passing_build_publishes_a_whole_new_file_behind_the_readers_link(
     assert link.resolve() == published.path
     assert published.path.parent == settings.published_versions
     # complete and alone: no write-ahead log, no temporary file, not writable by readers
-    assert sorted(p.name for p in settings.published_versions.iterdir()) == [published.version]
+    assert sorted(p.name for p in settings.published_versions.iterdir()) == [
+        published.version,
+        f"{published.version}.state",  # the build's dbt state: what dev builds defer to
+    ]
     assert published.path.stat().st_mode & 0o222 == 0
     assert _query(link, AGREEMENT) == [(30, 30, 30)]
     assert {(t.relation, t.rows, t.origin) for t in published.tables} == {
@@ -143,10 +154,12 @@ def test_a_passing_build_publishes_a_whole_new_file_behind_the_readers_link(
         ("marts.fct_daily_revenue", 1, "built by this build"),
         ("ops.pipeline_runs", 1, "history"),
         ("quarantine.rows", 0, "history"),
+        ("raw_shop.orders", 30, "raw, as loaded"),
     }
-    # staging and raw stay in the working warehouse
+    # staging, dlt's own tables and its staging datasets stay in the working warehouse
     schemas = {row[0] for row in _query(link, "select schema_name from duckdb_tables()")}
-    assert schemas == {"marts", "ops", "quarantine", "tributary"}
+    assert schemas == {"marts", "ops", "quarantine", "raw_shop", "tributary"}
+    assert (state_path(published.path) / "manifest.json").read_bytes() == manifest.read_bytes()
     [record] = _query(
         link, "select version, flow_run_id, dbt_invocation_id from tributary.publication"
     )
@@ -232,6 +245,7 @@ def test_a_selective_build_carries_the_other_marts_over_from_the_published_set(
         "marts.dim_customers": f"carried over from {first.version}",
         "ops.pipeline_runs": "history",
         "quarantine.rows": "history",
+        "raw_shop.orders": "raw, as loaded",
     }
     for table in ("marts.fct_orders", "marts.dim_customers"):
         sql = f"select * from {table} order by all"
@@ -285,6 +299,9 @@ def test_old_versions_go_and_readers_can_be_sent_back_to_a_kept_one(tmp_path: Pa
     ]
     paths = [p.path for p in made if isinstance(p, Publication)]
     assert versions(settings) == paths[1:]
+    if MANIFEST.is_file():  # each kept version's dbt state stays with it, and goes with it
+        states = sorted(settings.published_versions.glob("*.state"))
+        assert states == [state_path(path) for path in paths[1:]]
 
     back = restore_published(settings)  # to the one before the current
     assert back.path == paths[1] and settings.published.resolve() == paths[1]
@@ -388,7 +405,8 @@ def test_warehouse_restore_rebuilds_from_the_published_set_and_forgets_dlt_state
     check_warehouse(settings)
     assert _query(settings.warehouse, AGREEMENT) == [(30, 30, 30)]
     schemas = {r[0] for r in _query(settings.warehouse, "select schema_name from duckdb_tables()")}
-    assert schemas == {"marts", "ops", "quarantine"}  # the publication's record stays behind
+    # the publication's record stays behind, and so does raw: every source reloads whole
+    assert schemas == {"marts", "ops", "quarantine"}
     with duckdb.connect(str(settings.warehouse)) as warehouse:  # writable again
         warehouse.execute("insert into ops.pipeline_runs values ('run-2', 'completed')")
     # a readable warehouse is replaced only on purpose

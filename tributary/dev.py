@@ -1,0 +1,174 @@
+"""An analyst's dev warehouse: their own DuckDB file, beside production and never in its way.
+
+dbt's ``dev`` target (``dbt_project/profiles.yml``) builds into the analyst's file, attached as
+``dev``, and reads the sources and every model it does not build from the published file,
+attached read-only as ``prod`` — the same catalog name the ``prod`` target gives the working
+warehouse, so a relation reads the same in both. Nothing here takes the warehouse lock or opens
+the working warehouse: a dev build never waits for a run, and a run never waits for it.
+
+``init`` makes the file and the staging views in it (seconds, whatever production's size: the
+views read the published raw tables, nothing is copied); ``build`` runs ``dbt build --select
+state:modified+ --defer`` against the dbt state of the published version, so only what the
+analyst changed (and what depends on it) builds, and everything else is read from production.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+
+from tributary.publish import RAW, Publication, current, state_path
+from tributary.settings import DBT_PROJECT_DIR, PUBLICATION_SCHEMA, ConfigurationError, Settings
+
+# dbt's own binary, beside this interpreter
+DBT = Path(sys.executable).parent / "dbt"
+
+
+def user() -> str:
+    """Whose dev warehouse: $USER, as ``profiles.yml`` reads it."""
+    return os.environ.get("USER") or "analyst"
+
+
+def dev_path(settings: Settings) -> Path:
+    """The analyst's dev warehouse: ``TRIBUTARY_DEV_PATH``, default ``data/dev/<user>.duckdb``."""
+    return (settings.dev_path or settings.data_dir / "dev" / f"{user()}.duckdb").resolve()
+
+
+def _target_path(settings: Settings) -> Path:
+    """dbt's target folder for dev builds: never the project's ``target/``, which production's
+    builds keep (``dbt retry``, publishing)."""
+    path = dev_path(settings)
+    return path.with_name(f"{path.stem}.target")
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """The variables ``profiles.yml``'s ``dev`` target reads."""
+    return {
+        "TRIBUTARY_DBT_TARGET": "dev",
+        "TRIBUTARY_DEV_PATH": str(dev_path(settings)),
+        # the link, not today's version: each dbt invocation opens the newest set
+        "TRIBUTARY_PUBLISHED_PATH": str(settings.published),
+    }
+
+
+def production(settings: Settings) -> Publication:
+    """The published version dev builds read, checked for what they need."""
+    publication = current(settings)
+    if publication is None:
+        raise ConfigurationError(
+            f"TRIBUTARY_PUBLISHED_PATH: nothing is published at {settings.published} yet; dev "
+            "builds read production from there. Run the elt flow once (`make demo` on the "
+            "sample shop)"
+        )
+    if not any(table.origin == RAW for table in publication.tables):
+        raise ConfigurationError(
+            f"TRIBUTARY_PUBLISH_RAW: the published version {publication.version} holds no raw "
+            "tables, which dev builds read their sources from; with TRIBUTARY_PUBLISH_RAW on "
+            "(the default), the next passing production build publishes them"
+        )
+    return publication
+
+
+def dbt_command(
+    settings: Settings, args: Sequence[str], project_dir: Path = DBT_PROJECT_DIR
+) -> list[str]:
+    """``dbt <args>`` for the dev target, with its own target and log folders."""
+    target = _target_path(settings)
+    return [
+        str(DBT),
+        *args,
+        "--project-dir",
+        str(project_dir),
+        "--profiles-dir",
+        str(project_dir),
+        "--target",
+        "dev",
+        "--target-path",
+        str(target),
+        "--log-path",
+        str(target / "logs"),
+    ]
+
+
+def _run(
+    settings: Settings, args: Sequence[str], project_dir: Path, *, capture: bool
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        dbt_command(settings, args, project_dir),
+        cwd=project_dir,
+        env={**os.environ, **environment(settings)},
+        capture_output=capture,
+        text=True,
+        check=False,
+    )
+
+
+def init(
+    settings: Settings, project_dir: Path = DBT_PROJECT_DIR, *, capture: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """Make the dev warehouse (or bring its views up to date): the project's views, reading
+    the published raw tables. Deferred models then resolve to the published marts."""
+    production(settings)
+    dev_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    return _run(
+        settings, ["run", "--select", "config.materialized:view"], project_dir, capture=capture
+    )
+
+
+def build(
+    settings: Settings,
+    args: Sequence[str] = (),
+    project_dir: Path = DBT_PROJECT_DIR,
+    *,
+    capture: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """``dbt build`` of what changed against production (``state:modified+``, or ``args``'
+    own ``--select``), deferring the rest to the published version's models."""
+    publication = production(settings)
+    state = state_path(publication.path)
+    if not (state / "manifest.json").is_file():
+        raise ConfigurationError(
+            f"the published version {publication.version} has no dbt state ({state}) to defer "
+            "to; the next passing production build publishes one"
+        )
+    if not dev_path(settings).is_file():
+        initialised = init(settings, project_dir, capture=capture)
+        if initialised.returncode != 0:
+            return initialised
+    selects = any(arg in {"--select", "-s", "--selector"} for arg in args)
+    return _run(
+        settings,
+        [
+            "build",
+            *([] if selects else ["--select", "state:modified+"]),
+            "--defer",
+            "--state",
+            str(state),
+            *args,
+        ],
+        project_dir,
+        capture=capture,
+    )
+
+
+def describe(settings: Settings) -> list[tuple[str, str]]:
+    """What the dev warehouse holds: (relation, kind), for ``tributary dev status``."""
+    path = dev_path(settings)
+    if not path.is_file():
+        return []
+    with duckdb.connect(str(path), read_only=True) as dev:
+        return [
+            (f"{schema}.{name}", kind)
+            for schema, name, kind in dev.execute(
+                "select schema_name, table_name, 'table' from duckdb_tables() "
+                "where schema_name != ? "
+                "union all select schema_name, view_name, 'view' from duckdb_views() "
+                "where not internal order by 1, 2",
+                [PUBLICATION_SCHEMA],
+            ).fetchall()
+        ]
