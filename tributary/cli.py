@@ -19,6 +19,7 @@ from tributary.cli_sources import sources_app
 
 if TYPE_CHECKING:
     from tributary.report import RunReport
+    from tributary.settings import Settings
 
 # No local variables in tracebacks: they would print settings, and settings hold secrets.
 app = typer.Typer(
@@ -38,6 +39,7 @@ QUIET_DEMO = {"DBT_LOG_LEVEL": "warn", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUN
 # Measured with 83 task runs: stopping right after the last final state showed still caught the
 # recorder mid-write (ERROR at stop); 3 s later it was idle.
 TRAILING_EVENTS_GRACE_SECONDS = 3
+DEMO_TOKEN_FILE = "demo_api_token"  # the sample API's bearer token, under the data folder
 
 
 @app.callback()
@@ -45,12 +47,73 @@ def main() -> None:
     """tributary: dlt loads sources into DuckDB, dbt models them, Prefect runs both."""
 
 
-@app.command()
+demo_app = typer.Typer()  # help: the callback's docstring
+app.add_typer(demo_app, name="demo")
+
+
+def _demo_token(settings: Settings) -> str:
+    """The sample API's bearer token: SOURCES__PAYMENTS__TOKEN when set, else the one kept in
+    ``<data_dir>/demo_api_token`` (made once, readable by its owner only), so that the demo,
+    `tributary demo serve` and a worker that reads the file agree."""
+    token = os.environ.get("SOURCES__PAYMENTS__TOKEN")
+    if token:
+        return token
+    path = settings.data_dir / DEMO_TOKEN_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+@demo_app.command("serve")
+def demo_serve(
+    port: int = typer.Option(8765, help="Port on 127.0.0.1."),
+) -> None:
+    """Keep the sample shop's payments and exchange-rates API up on loopback, for the
+    deployments' runs on the sample shop (README "Run in production")."""
+    import uvicorn
+
+    from demo.api import create_app
+    from tributary.settings import get_settings
+
+    settings = get_settings()
+    if not settings.demo_api_db.is_file():
+        console.print(
+            f"No sample shop at {settings.demo_api_db}: `tributary demo` generates it.",
+            markup=False,
+        )
+        raise typer.Exit(code=1)
+    token = _demo_token(settings)
+    url = f"http://127.0.0.1:{port}"
+    token_source = (
+        "its value"
+        if os.environ.get("SOURCES__PAYMENTS__TOKEN")
+        else f"$(cat {settings.data_dir / DEMO_TOKEN_FILE})"
+    )
+    console.print(
+        f"Sample API on {url}. In the environment of the runs (the worker's):\n"
+        f"  export TRIBUTARY_PAYMENTS_API_URL={url} TRIBUTARY_FX_API_URL={url}\n"
+        f"  export SOURCES__PAYMENTS__TOKEN={token_source}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    uvicorn.run(
+        create_app(settings.demo_api_db, token), host="127.0.0.1", port=port, log_level="warning"
+    )
+
+
+@demo_app.callback(invoke_without_command=True)
 def demo(
+    ctx: typer.Context,
     orders: int = typer.Option(10_000, help="Orders in a newly generated sample shop."),
     seed: int = typer.Option(42, help="Seed of the sample shop."),
 ) -> None:
     """Generate (or move forward) the sample shop, serve its API, run `elt` once, summarise."""
+    if ctx.invoked_subcommand is not None:
+        return
     for name, value in {**PREFECT_DEFAULTS, **QUIET_DEMO}.items():
         os.environ.setdefault(name, value)
     from demo import paths
@@ -71,7 +134,7 @@ def demo(
         change = simulate(shop_url, settings.demo_api_db, seed=seed, deletes=True)
         console.print(f"Moved the sample shop forward: {change.describe()}")
 
-    token = os.environ.setdefault("SOURCES__PAYMENTS__TOKEN", secrets.token_urlsafe(24))
+    token = os.environ.setdefault("SOURCES__PAYMENTS__TOKEN", _demo_token(settings))
     with serve_in_background(settings.demo_api_db, token) as base_url:
         os.environ["TRIBUTARY_PAYMENTS_API_URL"] = base_url
         os.environ["TRIBUTARY_FX_API_URL"] = base_url
