@@ -34,14 +34,19 @@ def _refuse(exc: Exception) -> typer.Exit:
 
 
 @dev_app.command("init")
-def dev_init(project_dir: Path | None = PROJECT) -> None:
+def dev_init(
+    project_dir: Path | None = PROJECT,
+    days: int | None = typer.Option(
+        None, help="Dev-data limit: only the last N days of orders and what belongs to them."
+    ),
+) -> None:
     """Make your dev warehouse (or refresh its views): seconds, whatever production's size."""
     from tributary import dev
     from tributary.settings import ConfigurationError
 
     settings = _settings()
     try:
-        result = dev.init(settings, _project(project_dir))
+        result = dev.init(settings, _project(project_dir), days=days)
     except ConfigurationError as exc:
         raise _refuse(exc) from None
     if result.returncode != 0:

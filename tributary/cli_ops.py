@@ -113,6 +113,20 @@ def _published(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
         yield connection
 
 
+@contextmanager
+def _dev(settings: Settings) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The analyst's dev warehouse, read-only, as its views expect it (``tributary.dev``)."""
+    from tributary import dev
+
+    try:
+        connection = dev.connect(settings)
+    except (ConfigurationError, duckdb.Error) as exc:
+        raise _fail(_one_line(exc)) from None
+    with connection:
+        connection.execute(READER_SETTINGS)
+        yield connection
+
+
 def _has_table(connection: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     return bool(
         connection.execute(
@@ -641,16 +655,20 @@ def query(
     max_rows: int = typer.Option(
         50, min=0, help="Print at most this many rows and say how many were left out; 0: all."
     ),
+    dev: bool = typer.Option(
+        False, "--dev", help="Your dev warehouse (tributary dev), with production as prod."
+    ),
 ) -> None:
     """Run SQL on the published file, read-only; safe while a run loads and builds.
 
-    The published file holds the schemas marts, ops, quarantine and tributary; the query
-    reaches no other file (no ATTACH, COPY or file reads) and never the working warehouse.
-    Times are shown in UTC."""
+    The published file holds the schemas marts, ops, quarantine, tributary and the raw
+    tables; the query reaches no other file (no ATTACH, COPY or file reads) and never the
+    working warehouse. With --dev: your dev warehouse, production's published file as the
+    catalog prod. Times are shown in UTC."""
     if as_csv and as_json:
         raise _fail("tributary query: choose one of --csv and --json", 2)
     settings = _settings()
-    with _published(settings) as connection:
+    with _dev(settings) if dev else _published(settings) as connection:
         try:
             result = connection.execute(sql)
             if result.description is None:

@@ -14,6 +14,7 @@ analyst changed (and what depends on it) builds, and everything else is read fro
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -109,14 +110,26 @@ def _run(
 
 
 def init(
-    settings: Settings, project_dir: Path = DBT_PROJECT_DIR, *, capture: bool = False
+    settings: Settings,
+    project_dir: Path = DBT_PROJECT_DIR,
+    *,
+    days: int | None = None,
+    capture: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Make the dev warehouse (or bring its views up to date): the project's views, reading
-    the published raw tables. Deferred models then resolve to the published marts."""
+    the published raw tables. Deferred models then resolve to the published marts. ``days``:
+    the dev-data limit — the views keep only the last ``days`` of orders and what belongs to
+    them (``macros/dev_window.sql``), so what builds in dev builds fast at any size."""
     production(settings)
+    if days is not None and days < 1:
+        raise ConfigurationError(f"--days: {days} keeps no orders; give 1 or more")
     dev_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    limit = ["--vars", json.dumps({"dev_days": days})] if days is not None else []
     return _run(
-        settings, ["run", "--select", "config.materialized:view"], project_dir, capture=capture
+        settings,
+        ["run", "--select", "config.materialized:view", *limit],
+        project_dir,
+        capture=capture,
     )
 
 
@@ -154,6 +167,27 @@ def build(
         project_dir,
         capture=capture,
     )
+
+
+def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
+    """The dev warehouse as dbt's ``dev`` target sees it, read-only: the analyst's file as
+    ``dev`` (the default catalog) and the published file as ``prod``, so its views resolve.
+    Opened directly, the file's views name catalogs it does not have."""
+    path = dev_path(settings)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"TRIBUTARY_DEV_PATH: no dev warehouse at {path} yet; `tributary dev init` makes it"
+        )
+    production(settings)
+    connection = duckdb.connect()
+    connection.execute(f"attach '{_quoted(path)}' as dev (read_only)")
+    connection.execute(f"attach '{_quoted(settings.published)}' as prod (read_only)")
+    connection.execute("use dev")
+    return connection
+
+
+def _quoted(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def describe(settings: Settings) -> list[tuple[str, str]]:

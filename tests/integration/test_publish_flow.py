@@ -14,7 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,11 @@ from typer.testing import CliRunner
 
 from demo.api import serve_in_background
 from demo.generate import generate
-from demo.paths import shop_url
+from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import simulate
 from flows.dbt_build import DbtBuildParameters, build
 from flows.elt import StepFailed, elt
+from tests.integration.sources import read_shop
 from tests.integration.test_elt_flow import END, MART_KEYS, ORDERS, SEED, Shop, assert_marts_match
 from tests.readers import held_connection, poller
 from tributary import dev
@@ -241,6 +242,49 @@ def test_an_analyst_builds_a_changed_mart_in_dev_and_reads_the_rest_from_product
     )
     assert ("is_repeat_customer",) not in columns
     assert hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest() == working
+
+    # adding a mart: the new model alone builds, from the sources, in dev
+    (project / "models" / "marts" / "customer_stores.sql").write_text(
+        "select customer_id, count(distinct store_id) as stores\n"
+        "from {{ ref('stg_shop__orders') }}\ngroup by 1\n"
+    )
+    result = dev.build(settings, (), project, capture=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    executed = {r["unique_id"] for r in json.loads(run_results.read_text())["results"]}
+    assert {node for node in executed if node.startswith("model.")} == {
+        "model.tributary.dim_customers",  # still changed against production
+        "model.tributary.customer_stores",
+    }
+    source_stores = read_shop(
+        shop_sqlite_path(shop.settings),
+        "select customer_id, count(distinct store_id) from orders group by 1",
+    )
+    with duckdb.connect(str(dev.dev_path(settings)), read_only=True) as built:
+        stores = built.sql("select customer_id, stores from marts.customer_stores").fetchall()
+    assert sorted(stores) == sorted(source_stores)
+
+    # the dev-data limit: the last 30 days of orders, their items and payments
+    result = dev.init(settings, project, days=30, capture=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    placed = {
+        order_id: datetime.fromisoformat(str(at))
+        for order_id, at in read_shop(
+            shop_sqlite_path(shop.settings), "select order_id, ordered_at from orders"
+        )
+    }
+    newest = max(placed.values())
+    recent = {order_id for order_id, at in placed.items() if at >= newest - timedelta(days=30)}
+    items = read_shop(shop_sqlite_path(shop.settings), "select order_id from order_items")
+    with dev.connect(settings) as built:  # its views read production as `prod`
+        dev_orders = {row[0] for row in built.sql("from staging.stg_shop__orders").fetchall()}
+        [(dev_items,)] = built.sql("select count(*) from staging.stg_shop__order_items").fetchall()
+        [(strays,)] = built.sql(
+            "select count(*) from staging.stg_payments__payments "
+            "where order_id not in (select order_id from staging.stg_shop__orders)"
+        ).fetchall()
+    assert dev_orders == recent and 0 < len(recent) < len(placed)
+    assert dev_items == sum(1 for (order_id,) in items if order_id in recent)
+    assert strays == 0
 
 
 @dataclass

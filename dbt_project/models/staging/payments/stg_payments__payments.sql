@@ -3,6 +3,7 @@ with
 source as (
 
     select * from {{ source('payments', 'payments') }}
+    {{ dev_orders_window('cast(order_id as bigint)') }}
 
 ),
 

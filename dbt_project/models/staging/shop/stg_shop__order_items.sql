@@ -3,6 +3,7 @@ with
 source as (
 
     select * from {{ source('shop', 'order_items') }}
+    {{ dev_orders_window('order_id') }}
 
 ),
 
