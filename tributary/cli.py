@@ -179,7 +179,11 @@ def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
 def _print_summary(report: RunReport) -> None:
     from tributary.publish import Publication
 
-    table = Table(title="Rows loaded this run")
+    table = Table(
+        title="Rows loaded this run",
+        caption="loaded: rows written, counting the rows re-read unchanged inside the cursor's "
+        "lag window; new: keys the warehouse did not hold; updated: rows that changed",
+    )
     for column in ("raw table", "loaded", "new", "updated", "deleted"):
         table.add_column(column, justify="left" if column == "raw table" else "right")
     for load in report.loads:
@@ -190,9 +194,10 @@ def _print_summary(report: RunReport) -> None:
             )
     console.print(table)
     dbt = report.dbt
+    statuses = ", ".join(f"{count} {status}" for status, count in sorted(dbt.statuses.items()))
     console.print(
         f"dbt build: {dbt.models_built} models built, {dbt.tests_passed} tests passed "
-        f"({dict(dbt.statuses)})"
+        f"(nodes: {statuses})"
     )
     published = report.published
     if not isinstance(published, Publication):
@@ -259,6 +264,44 @@ def run(
         typer.echo(f"The run failed: {state.message}", err=True)
         raise typer.Exit(code=1)
     _print_summary(state.result())
+
+
+@app.command()
+def release(
+    ref: str = typer.Option("HEAD", help="The commit to release: a branch, tag or hash."),
+    point: bool = typer.Option(
+        True, "--point/--no-point", help="Point the deployments at it (the server's variable)."
+    ),
+) -> None:
+    """Pin what the deployments run: the commit's files (nothing uncommitted) in a folder of
+    their own, and the deployments' next runs in it. Run it again to roll forward; point the
+    variable `tributary_release` at an earlier folder to roll back."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tributary.release import VARIABLE, make_release, point_deployments
+    from tributary.settings import ConfigurationError, get_settings
+
+    try:
+        made = make_release(get_settings(), ref)
+    except ConfigurationError as exc:
+        console.print(str(exc), markup=False)
+        raise typer.Exit(code=1) from None
+    verb = "Released" if made.made else "Already released"
+    console.print(
+        f"{verb} {made.commit[:12]} ({ref}) in {made.folder}", markup=False, soft_wrap=True
+    )
+    if not point:
+        return
+    if not PREFECT_API_URL.value():
+        console.print(
+            "PREFECT_API_URL is not set, so no deployment was pointed at it; against your "
+            f"server: `prefect variable set {VARIABLE} {made.folder} --overwrite`",
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=1)
+    point_deployments(made)
+    console.print(f"The deployments' next runs use it (Prefect variable {VARIABLE}).", markup=False)
 
 
 @app.command("server-setup")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from demo.paths import shop_sqlite_path
 from tests.deploy.conftest import BIN, Stack
 from tests.integration.sources import expected_marts
+from tributary.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -252,3 +254,43 @@ def test_no_successful_run_for_too_long_alerts(stack: Stack) -> None:
     finally:
         httpx.delete(f"{stack.env['PREFECT_API_URL']}/automations/{created['id']}", timeout=30)
     assert "going stale" in text
+
+
+def test_runs_use_the_release_not_a_working_copy_someone_edits(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A worker pointed at a working copy runs whatever is saved there — an analyst's
+    unfinished edit breaks the scheduled run; after `tributary release` the deployments run
+    the commit, and the same edit reaches no run."""
+    checkout = tmp_path / "checkout"
+    subprocess.run(["git", "clone", "--quiet", str(PROJECT_ROOT), str(checkout)], check=True)
+    model = checkout / "dbt_project" / "models" / "marts" / "fct_daily_revenue.sql"
+    model.write_text(model.read_text() + "\n-- unfinished edit\nwhere no_such_column\n")
+    select = ("--params", '{"params": {"select": ["fct_daily_revenue"]}}')
+    stack.prefect("variable", "set", "tributary_release", str(checkout), "--overwrite")
+    try:
+        run_id = _trigger(stack, "dbt/build", *select)
+        run = _wait_final(stack, run_id)
+        assert run["state"]["type"] == "FAILED", _logs(stack, run_id)
+        _wait_log(stack, run_id, "no_such_column")
+
+        released = stack.cli(str(BIN / "tributary"), "release")
+        assert released.returncode == 0, released.stdout + released.stderr
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        folder = stack.settings.data_dir.resolve() / "releases" / commit[:12]
+        assert f"Released {commit[:12]} (HEAD) in {folder}" in released.stdout
+        assert "The deployments' next runs use it" in released.stdout
+        assert "unfinished edit" not in (folder / model.relative_to(checkout)).read_text()
+
+        run_id = _trigger(stack, "dbt/build", *select)
+        run = _wait_final(stack, run_id)
+        assert run["state"]["type"] == "COMPLETED", _logs(stack, run_id)
+        _wait_log(stack, run_id, "dbt build --select fct_daily_revenue: 1 models built")
+        assert (folder / "dbt_project" / "target" / "manifest.json").is_file()  # ran there
+    finally:
+        stack.prefect("variable", "unset", "tributary_release")
