@@ -17,7 +17,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_DATABASE_CONNECTION_URL,
+    PREFECT_UI_URL,
+    temporary_settings,
+)
 from typer.testing import CliRunner, Result
 
 from ingestion.results import SourceLoad, TableLoad
@@ -536,10 +541,16 @@ def _read(fd: int) -> bytes:
 
 
 def test_the_demo_ends_with_what_to_do_next(settings: Settings) -> None:
-    """Without PREFECT_API_URL the demo ran on a temporary server, which has stopped."""
+    """Without PREFECT_API_URL the demo ran on a temporary server, which has stopped. Its
+    database is set here: the test session's own Prefect server has another one."""
     bin_dir = Path(sys.executable).parent
-    home = PREFECT_HOME.value()
-    assert next_steps() == [
+    home = settings.data_dir / "prefect-home"
+    with temporary_settings(
+        updates={PREFECT_SERVER_DATABASE_CONNECTION_URL: f"sqlite+aiosqlite:///{home}/prefect.db"},
+        restore_defaults={PREFECT_API_URL, PREFECT_UI_URL},
+    ):
+        steps = next_steps()
+    assert steps == [
         "Next:",
         f"  query the marts   {bin_dir / 'tributary'} query 'from marts.fct_orders limit 5'  "
         "(also --csv, --json; read-only, a run never blocks it)",
