@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import threading
@@ -12,9 +13,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import prefect_dbt
 import yaml
+from prefect import Task
+from prefect.context import SettingsContext, hydrated_context
+from prefect.task_engine import run_task_sync
 from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
+from prefect_dbt.core._tracker import NodeTaskTracker
 from prefect_dbt.core.runner import FAILURE_MSG, FAILURE_STATUSES
 
 from tributary.lock import warehouse_lock
@@ -192,38 +199,143 @@ def downstream_of(sources: Sequence[str], project_dir: Path) -> list[str]:
     return [f"source:{name}+" for name in sources if name in known]
 
 
+# prefect-dbt's runner reports each dbt node as a task run from a thread of its own, which
+# starts with an empty context and rebuilds the flow's from `serialize_context()` twice (in its
+# own thread, then in the task engine). As shipped, every node thus builds Prefect's `Settings`
+# twice from scratch (each nested model reads the environment, prefect.toml, pyproject.toml and
+# the profiles file, behind one lock: ~0.1 s of CPU each) and three API clients (each loads the
+# CA bundle: ~0.05 s) — for this project's 82 nodes 171 settings and 253 clients, 30+ s of CPU,
+# which made dbt in a flow 2-5x a plain `dbt build`. `_NodeTaskRunner` hands the node threads
+# the flow's own settings objects and starts them (and the runner's callback thread) in a copy
+# of the flow's context, as Prefect's ThreadPoolTaskRunner does, so they share its client. It
+# overrides private methods of the release named here only, and refuses any other. Upstream
+# issue to file (PrefectHQ/prefect, prefect-dbt): "PrefectDbtRunner: node task threads rebuild
+# Settings and API clients from serialize_context(); start them in contextvars.copy_context()".
+PREFECT_DBT_CHECKED = "0.7.25"
+
+
+class _NodeThreads(NodeTaskTracker):
+    """prefect-dbt's per-node bookkeeping, its threads started in a copy of ``parent`` (the
+    flow's context: settings, API client) and kept, to be joined."""
+
+    def __init__(self, parent: contextvars.Context) -> None:
+        super().__init__()
+        self._parent = parent
+        self.threads: list[threading.Thread] = []
+
+    def run_task_in_thread(
+        self,
+        node_id: str,
+        task: Task[Any, Any],
+        task_run_id: UUID,
+        parameters: dict[str, Any],
+        context: dict[str, Any],
+    ) -> None:
+        """As upstream's (wait for the upstream nodes' task runs, then run this one), in a
+        thread that starts in the flow's context."""
+
+        def run_task() -> None:
+            with hydrated_context(context):
+                upstream = [
+                    self.get_task_result(node) for node in self.get_node_dependencies(node_id)
+                ]
+                state = run_task_sync(
+                    task,
+                    task_run_id=task_run_id,
+                    parameters=parameters,
+                    wait_for=[state for state in upstream if state],
+                    context=context,
+                    return_type="state",
+                )
+                self.set_task_result(node_id, state)
+
+        thread = threading.Thread(
+            target=self._parent.copy().run,
+            args=(run_task,),
+            name=f"dbt node {node_id}",
+            daemon=True,
+        )
+        self.threads.append(thread)
+        thread.start()
+
+
+class _NodeTaskRunner(PrefectDbtRunner):
+    """``PrefectDbtRunner`` whose node task runs reuse the flow's settings and client."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        if prefect_dbt.__version__ != PREFECT_DBT_CHECKED:
+            raise RuntimeError(
+                f"prefect-dbt {prefect_dbt.__version__} is installed; tributary.dbt overrides "
+                f"private methods of PrefectDbtRunner and NodeTaskTracker as of "
+                f"{PREFECT_DBT_CHECKED} (_create_unified_callback, _callback_worker, "
+                "run_task_in_thread). Check them against the new release — or drop them if "
+                "upstream stopped rebuilding settings and clients per node — then update "
+                "PREFECT_DBT_CHECKED."
+            )
+        super().__init__(**kwargs)
+        self.nodes = _NodeThreads(contextvars.Context())
+        self._worker_context = contextvars.Context()
+
+    def _create_unified_callback(
+        self, task_state: NodeTaskTracker, log_level: Any, context: dict[str, Any], **kwargs: Any
+    ) -> Any:
+        # Called by `invoke`, in the flow's thread; `task_state` is a fresh tracker that only
+        # the callback uses, so ours replaces it.
+        self.nodes = _NodeThreads(contextvars.copy_context())
+        self._worker_context = contextvars.copy_context()
+        return super()._create_unified_callback(
+            self.nodes, log_level, with_live_settings(context), **kwargs
+        )
+
+    def _callback_worker(self) -> None:
+        """Upstream's event loop (logging, starting node task runs) in the flow's context."""
+        self._worker_context.run(super()._callback_worker)
+
+
+def with_live_settings(context: dict[str, Any]) -> dict[str, Any]:
+    """A serialised Prefect context (``serialize_context()``) holding the current ``Profile``
+    and ``Settings`` objects rather than their dumps, so that hydrating it in this process
+    (``hydrated_context``) takes them as they are instead of building them again. (The rest
+    stays dumped: prefect-dbt reads the flow run from it as a dict.)"""
+    current = SettingsContext.get()
+    if current is None or not context.get("settings_context"):
+        return context
+    return {
+        **context,
+        "settings_context": {"profile": current.profile, "settings": current.settings},
+    }
+
+
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
     """Invoke dbt in-process against the settings' warehouse; raises ``DbtFailed`` naming
     every failed node (and holding every node's status)."""
-    runner = PrefectDbtRunner(
+    runner = _NodeTaskRunner(
         settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
         raise_on_failure=False,
     )
     with warehouse_lock(settings), _environment(dbt_environment(settings)):
         check_warehouse(settings)
-        before = set(threading.enumerate())
         try:
             result = runner.invoke(args)
         finally:
             release_duckdb()
-            _join_node_task_threads(before)
+            _join_node_task_threads(runner.nodes.threads)
     summary = _summarise(args, result.result)
     if not result.success:
         raise DbtFailed(_failure_message(args, result.result), summary)
     return summary
 
 
-def _join_node_task_threads(before: set[threading.Thread], timeout: float = 120) -> None:
+def _join_node_task_threads(threads: list[threading.Thread], timeout: float = 120) -> None:
     """Wait for the threads in which prefect-dbt records each node's task run.
 
-    ``PrefectDbtRunner`` starts one daemon thread per node and returns without joining them, so
+    The runner starts one daemon thread per node and returns without joining them, so
     without this the flow finishes while node task runs are still being reported, and the
     interpreter aborts at exit ("FATAL: exception not rethrown") when it stops them mid-call.
     """
     deadline = time.monotonic() + timeout
-    for thread in set(threading.enumerate()) - before:
-        if thread.name.endswith("(run_task)"):
-            thread.join(max(0.0, deadline - time.monotonic()))
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 RUN_RESULTS = DBT_PROJECT_DIR / "target" / "run_results.json"

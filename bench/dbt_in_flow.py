@@ -1,0 +1,433 @@
+"""dbt inside a flow against a plain ``dbt build``: what reporting every node costs.
+
+``python -m bench.dbt_in_flow`` (``--orders``, ``--repeats``, ``--select``). A sample warehouse
+is made once (the demo shop generated, its three sources ingested) and built once untimed; a
+Prefect server runs for the whole bench on a throwaway database, as a long-lived server would.
+Then, interleaved (A B C D A B C D …), each path builds the same selection in its own child
+process:
+
+- ``dbt build (CLI)``: ``dbt build --profiles-dir .`` as typed at a shell, timed from outside
+  (interpreter start and imports included);
+- ``plain dbt build``: ``dbtRunner().invoke(["build", …])`` in the child after its imports, with
+  dbt's default logging — the reference;
+- ``flow's dbt step``: ``run_dbt`` inside a flow, as ``elt`` and ``dbt`` call it, after imports:
+  one task run per node;
+- ``flow, prefect-dbt as shipped``: the same with prefect-dbt's own ``PrefectDbtRunner``, whose
+  node threads rebuild Prefect's settings and clients (what ``tributary.dbt`` avoids).
+
+The in-process children also report their CPU seconds, and the flow ones how many Prefect
+``Settings`` and API clients were built during the step, how many task runs the server
+recorded and the server's CPU seconds until it had (on a small machine it shares the cores).
+One table of medians is printed, then the same figures as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+PATHS = ("cli", "plain", "flow", "shipped")
+LABELS = {
+    "cli": "dbt build (CLI)",
+    "plain": "plain dbt build",
+    "flow": "flow's dbt step",
+    "shipped": "flow, prefect-dbt as shipped",
+}
+TOKEN = "bench-token"
+
+
+# --- the sample warehouse and the server, in the parent -------------------------------------
+
+
+def make_warehouse(data_dir: Path, orders: int) -> None:
+    """The demo shop at ``orders`` orders, its sources ingested into ``data_dir``'s warehouse."""
+    from demo import paths
+    from demo.api import serve_in_background
+    from demo.generate import generate
+    from ingestion import registry
+    from ingestion.pipeline import run_source
+    from tributary.settings import Settings
+
+    settings = Settings(data_dir=data_dir)
+    generate(paths.shop_url(settings), settings.demo_api_db, orders=orders, seed=42)
+    os.environ["SOURCES__PAYMENTS__TOKEN"] = TOKEN
+    with serve_in_background(settings.demo_api_db, TOKEN) as base_url:
+        os.environ["TRIBUTARY_PAYMENTS_API_URL"] = base_url
+        os.environ["TRIBUTARY_FX_API_URL"] = base_url
+        for source in registry.source_names(settings):
+            run_source(source, settings)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[tuple[str, int]]:
+    """``prefect server start`` on a throwaway database, with the warehouse's concurrency
+    limit; yields its API URL and process id."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    environment = {**os.environ, "PREFECT_HOME": str(home)}
+    environment.pop("PREFECT_API_URL", None)
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError as exc:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log_tail = (home / "server.log").read_text()[-3000:]
+                    raise SystemExit(f"bench: no Prefect server:\n{log_tail}") from exc
+                time.sleep(1)
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "gcl",
+                "create",
+                "tributary-warehouse",
+                "--limit",
+                "1",
+            ],
+            env={**environment, "PREFECT_API_URL": url},
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+# --- one measurement, in a child process ----------------------------------------------------
+
+
+def _count_constructions() -> Counter[str]:
+    """Counts the Prefect ``Settings`` and sync API clients built from now on."""
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.settings.models.root import Settings as PrefectSettings
+
+    counts: Counter[str] = Counter()
+    for name, cls in (("settings", PrefectSettings), ("clients", SyncPrefectClient)):
+        original = cls.__init__
+
+        def counting(self: Any, *args: Any, _n: str = name, _i: Any = original, **kw: Any):
+            counts[_n] += 1
+            _i(self, *args, **kw)
+
+        cls.__init__ = counting  # type: ignore[method-assign]
+    return counts
+
+
+def _use_shipped_runner() -> None:
+    """``run_dbt`` with prefect-dbt's runner as shipped (and its node threads joined as they
+    were before ``tributary.dbt`` named them)."""
+    from types import SimpleNamespace
+
+    from prefect_dbt import PrefectDbtRunner
+
+    import tributary.dbt
+
+    class Shipped(PrefectDbtRunner):
+        @property
+        def nodes(self) -> SimpleNamespace:
+            threads = [t for t in threading.enumerate() if t.name.endswith("(run_task)")]
+            return SimpleNamespace(threads=threads)
+
+    tributary.dbt._NodeTaskRunner = Shipped  # type: ignore[misc]
+
+
+def _recorded_task_runs(flow_run_id: Any, timeout: float = 120) -> int:
+    """Task runs of the flow run, once the server has recorded them all in a final state."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + timeout
+    seen = -1
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            final = sum(1 for run in runs if run.state is not None and run.state.is_final())
+            if final == len(runs) == seen or time.monotonic() > deadline:
+                return final
+            seen = len(runs)
+            time.sleep(2)
+
+
+def _run_plain(args: list[str]) -> dict[str, Any]:
+    from dbt.cli.main import dbtRunner
+
+    from tributary.settings import DBT_PROJECT_DIR
+
+    project = ["--profiles-dir", str(DBT_PROJECT_DIR), "--project-dir", str(DBT_PROJECT_DIR)]
+    started, cpu = time.perf_counter(), time.process_time()
+    result = dbtRunner().invoke([*args, *project])
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    nodes = len(result.result.results) if result.result is not None else 0
+    return {"seconds": seconds, "cpu": cpu, "nodes": nodes, "ok": result.success}
+
+
+def _run_flow(args: list[str]) -> dict[str, Any]:
+    from prefect import flow
+
+    from tributary.dbt import run_dbt
+    from tributary.settings import get_settings
+
+    counts = _count_constructions()
+    figures: dict[str, Any] = {}
+
+    @flow(name="bench-dbt-step")
+    def dbt_step() -> None:
+        settings = get_settings()
+        counts.clear()
+        started, cpu = time.perf_counter(), time.process_time()
+        summary = run_dbt(args, settings)
+        figures["seconds"] = time.perf_counter() - started
+        figures["cpu"] = time.process_time() - cpu
+        figures["nodes"] = len(summary.nodes)
+        figures["settings"], figures["clients"] = counts["settings"], counts["clients"]
+
+    state = dbt_step(return_state=True)
+    figures["ok"] = state.is_completed()
+    figures["task_runs"] = _recorded_task_runs(state.state_details.flow_run_id)
+    return figures
+
+
+IMPORTS = {
+    "plain": ("dbt.cli.main", "dbt.adapters.duckdb"),
+    "flow": ("prefect", "tributary.dbt", "dbt.adapters.duckdb", "prefect.task_engine"),
+}
+
+
+def child(path: str, args: list[str]) -> None:
+    for module in IMPORTS["plain" if path == "plain" else "flow"]:
+        importlib.import_module(module)
+    if path == "shipped":
+        _use_shipped_runner()
+    result = _run_plain(args) if path == "plain" else _run_flow(args)
+    print(json.dumps(result))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process (and its reaped children) has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(path: str, args: list[str], environment: dict[str, str]) -> dict[str, Any]:
+    """Runs one path in a child process: the CLI in the dbt project, the others from the
+    checkout, as the flows run (Prefect reads its prefect.toml there). Their logs are kept
+    only to show when a path fails."""
+    from tributary.settings import DBT_PROJECT_DIR, PROJECT_ROOT
+
+    if path == "cli":
+        dbt = str(Path(sys.executable).parent / "dbt")
+        started = time.perf_counter()
+        process = subprocess.run(
+            [dbt, *args, "--profiles-dir", "."],
+            cwd=DBT_PROJECT_DIR,
+            env=environment,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        seconds = time.perf_counter() - started
+        if process.returncode != 0:
+            raise SystemExit(
+                f"bench: dbt build failed (exit {process.returncode})\n{process.stdout[-3000:]}"
+            )
+        return {"seconds": seconds, "ok": True}
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.dbt_in_flow", "--child", path, "--args", json.dumps(args)],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+    )
+    if process.returncode != 0:
+        raise SystemExit(
+            f"bench: {path} failed (exit {process.returncode})\n{process.stderr[-3000:]}"
+        )
+    result = json.loads(process.stdout.strip().splitlines()[-1])
+    if not result["ok"]:
+        raise SystemExit(f"bench: {path}: the build failed\n{process.stderr[-3000:]}")
+    return result
+
+
+# --- the benchmark --------------------------------------------------------------------------
+
+
+def run(orders: int, repeats: int, select: list[str], console: Console) -> dict[str, Any]:
+    from tributary.dbt import build_args, dbt_environment
+    from tributary.settings import Settings
+
+    args = build_args(select, [])
+    samples: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="tributary-bench-dbt-") as tmp:
+        data_dir = Path(tmp) / "data"
+        console.print(f"Making a sample warehouse ({orders:,} orders) in {data_dir} …")
+        make_warehouse(data_dir, orders)
+        settings = Settings(data_dir=data_dir)
+        environment = {
+            **os.environ,
+            **dbt_environment(settings),
+            "TRIBUTARY_DATA_DIR": str(data_dir),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+        }
+        console.print("Starting a Prefect server …")
+        with prefect_server(Path(tmp) / "prefect") as (api_url, server):
+            environment["PREFECT_API_URL"] = api_url
+            console.print("  untimed warm-up build (schemas, partial parse) …")
+            measure("cli", args, environment)
+            for round_ in range(repeats):
+                for path in PATHS:
+                    before = cpu_seconds(server)
+                    result = measure(path, args, environment)
+                    if "task_runs" in result:
+                        # Until the server recorded every task run (the child waits for it).
+                        result["server_cpu"] = cpu_seconds(server) - before
+                    samples[path].append(result)
+                    extra = (
+                        f"  cpu {result['cpu']:6.2f} s  {result['nodes']} nodes"
+                        if "cpu" in result
+                        else ""
+                    )
+                    if "task_runs" in result:
+                        extra += (
+                            f", {result['task_runs']} task runs, {result['settings']} settings, "
+                            f"{result['clients']} clients built; server cpu "
+                            f"{result['server_cpu']:.2f} s"
+                        )
+                    console.print(
+                        f"  round {round_ + 1} {LABELS[path]:<29} {result['seconds']:7.2f} s{extra}"
+                    )
+        shutil.rmtree(data_dir, ignore_errors=True)
+    figures = summarise(orders, select, samples)
+    figures["load_average"] = {
+        "start": [round(value, 2) for value in load_before],
+        "end": [round(value, 2) for value in os.getloadavg()],
+    }
+    return figures
+
+
+def summarise(
+    orders: int, select: list[str], samples: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    plain = statistics.median(sample["seconds"] for sample in samples["plain"])
+    figures: dict[str, Any] = {"orders": orders, "select": select, "paths": {}}
+    for path, runs in samples.items():
+        seconds = statistics.median(sample["seconds"] for sample in runs)
+        row: dict[str, Any] = {
+            "seconds": round(seconds, 3),
+            "runs": len(runs),
+            "ratio_to_plain": round(seconds / plain, 3),
+        }
+        for key in ("cpu", "server_cpu", "nodes", "task_runs", "settings", "clients"):
+            if any(key in sample for sample in runs):
+                row[key] = statistics.median(sample.get(key, 0) for sample in runs)
+        figures["paths"][path] = row
+    return figures
+
+
+def print_table(figures: dict[str, Any], console: Console) -> None:
+    selection = " ".join(figures["select"]) or "everything"
+    table = Table(title=f"dbt build of {selection}, {figures['orders']:,} orders (medians)")
+    columns = (
+        "path",
+        "wall s",
+        "x plain",
+        "CPU s",
+        "server CPU s",
+        "nodes",
+        "task runs",
+        "Settings",
+        "clients",
+    )
+    for column in columns:
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for path, row in figures["paths"].items():
+
+        def cell(key: str, row: dict[str, Any] = row) -> str:
+            value = row.get(key)
+            return (
+                "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+            )
+
+        table.add_row(
+            LABELS[path],
+            f"{row['seconds']:.2f}",
+            f"{row['ratio_to_plain']:.2f}",
+            *(
+                cell(key)
+                for key in ("cpu", "server_cpu", "nodes", "task_runs", "settings", "clients")
+            ),
+        )
+    console.print(table)
+    load = figures["load_average"]
+    console.print(
+        f"Load average (1, 5, 15 min): {load['start']} at the start, {load['end']} at the end."
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--orders", type=int, default=2000, help="orders in the sample shop")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per path (median)")
+    parser.add_argument("--select", nargs="+", default=[], help="dbt --select; default: all")
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
+    parser.add_argument("--args", help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.child:
+        child(options.child, json.loads(options.args))
+        return
+    console = Console(stderr=False, width=max(Console().width, 110))
+    figures = run(options.orders, options.repeats, options.select, console)
+    print_table(figures, console)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

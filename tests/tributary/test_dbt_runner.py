@@ -1,0 +1,191 @@
+"""dbt inside a flow: every node of the build is a task run of the flow with the node's final
+state and dbt's lines about it, and reporting them uses the flow's own Prefect settings and
+client — no node builds either again (prefect-dbt's runner as shipped does, twice and three
+times per node, which made a build several times slower)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import duckdb
+import prefect_dbt
+import pytest
+from prefect import flow
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import Log, TaskRun
+from prefect.context import SettingsContext, serialize_context
+from prefect.logging.handlers import APILogWorker
+from prefect.settings.models.root import Settings as PrefectSettings
+
+from demo.api import serve_in_background
+from demo.generate import generate
+from ingestion import registry
+from ingestion.pipeline import run_source
+from tests.sourcefiles import scratch_settings
+from tributary.dbt import (
+    PREFECT_DBT_CHECKED,
+    DbtFailed,
+    DbtSummary,
+    _NodeTaskRunner,
+    run_dbt,
+    with_live_settings,
+)
+from tributary.settings import DBT_PROJECT_DIR, Settings
+
+FAILING_TEST = "accepted_values_stg_shop__orders_status"
+
+
+def _counted(cls: type, name: str, counts: Counter[str]) -> Any:
+    original = cls.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        counts[name] += 1
+        original(self, *args, **kwargs)
+
+    return counting
+
+
+@pytest.fixture
+def constructions(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How many Prefect ``Settings`` and sync API clients are built, counted by wrapping their
+    constructors."""
+    counts: Counter[str] = Counter()
+    monkeypatch.setattr(PrefectSettings, "__init__", _counted(PrefectSettings, "settings", counts))
+    monkeypatch.setattr(
+        SyncPrefectClient, "__init__", _counted(SyncPrefectClient, "clients", counts)
+    )
+    return counts
+
+
+def test_live_settings_hydrate_without_building_settings(constructions: Counter[str]) -> None:
+    current = SettingsContext.get()
+    context = serialize_context()
+    live = with_live_settings(context)
+    assert {**live, "settings_context": None} == {**context, "settings_context": None}
+    # What `hydrated_context` does with either: the dump is built again, the live one is not.
+    assert SettingsContext(**live["settings_context"]).settings is current.settings
+    assert constructions["settings"] == 0
+    assert SettingsContext(**context["settings_context"]).settings == current.settings
+    assert constructions["settings"] == 1
+
+
+def test_another_prefect_dbt_release_fails_loudly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prefect_dbt, "__version__", "0.7.99")
+    with pytest.raises(RuntimeError, match=f"0.7.99 is installed.*{PREFECT_DBT_CHECKED}"):
+        _NodeTaskRunner()
+
+
+@pytest.fixture
+def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A warehouse loaded from the demo shop, with one order in a status the staging model's
+    ``accepted_values`` test refuses: the build fails that test, and skips what it holds back."""
+    shop = tmp_path / "shop.sqlite"
+    settings = Settings(data_dir=tmp_path)
+    generate(f"sqlite:///{shop}", settings.demo_api_db, orders=80, seed=3)
+    with serve_in_background(settings.demo_api_db, "token") as api_url:
+        monkeypatch.setenv("SOURCES__PAYMENTS__TOKEN", "token")
+        settings = scratch_settings(tmp_path, shop=shop, api=api_url)
+        for source in registry.source_names(settings):
+            run_source(source, settings)
+    with duckdb.connect(str(settings.warehouse)) as connection:
+        connection.execute(
+            "update raw_shop.orders set status = 'lost' "
+            "where order_id = (select min(order_id) from raw_shop.orders)"
+        )
+    return settings
+
+
+def _task_runs(flow_run_id: UUID, expected: int, timeout: float = 120) -> list[TaskRun]:
+    """The flow run's task runs once the server has recorded ``expected`` of them in a final
+    state (it records task runs from events, which can trail the flow on a busy server)."""
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+            final = [run for run in runs if run.state is not None and run.state.is_final()]
+            if len(final) >= expected:
+                return runs
+            assert time.monotonic() < deadline, f"{len(final)} of {expected} task runs recorded"
+            time.sleep(0.5)
+
+
+def _logs(flow_run_id: UUID) -> list[Log]:
+    """Every log line of the flow run the server has, once this process has sent them all."""
+    APILogWorker.drain_all()
+    logs: list[Log] = []
+    with get_client(sync_client=True) as client:
+        while page := client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+            limit=200,
+            offset=len(logs),
+        ):
+            logs += page
+    return logs
+
+
+@pytest.mark.integration
+def test_every_node_is_a_task_run_with_its_final_state(
+    warehouse: Settings, prefect_server: None, constructions: Counter[str]
+) -> None:
+    built: dict[str, Any] = {}
+
+    @flow(name="dbt-runner-test")
+    def build() -> None:
+        constructions.clear()
+        try:
+            built["summary"] = run_dbt(["build"], warehouse)
+        except DbtFailed as failed:
+            built["summary"] = failed.summary
+        built["constructions"] = Counter(constructions)
+        built["threads"] = [t.name for t in threading.enumerate() if t.name.startswith("dbt node")]
+
+    state = build(return_state=True)
+    assert state.is_completed(), state.message
+    summary: DbtSummary = built["summary"]
+    reported = [node for node in summary.nodes if node.status != "skipped"]
+    failed = [node.unique_id for node in summary.nodes if node.status in {"fail", "error"}]
+    assert len(failed) == 1 and FAILING_TEST in failed[0], failed
+    assert summary.statuses["skipped"] > 0 and summary.statuses["pass"] > 10, summary.statuses
+
+    runs = _task_runs(state.state_details.flow_run_id, expected=len(reported))
+    by_name = {run.name: run for run in runs}
+    assert len(by_name) == len(runs) == len(reported)
+    manifest = json.loads((DBT_PROJECT_DIR / "target" / "manifest.json").read_text())
+    names = {**manifest["nodes"], **manifest["unit_tests"]}
+    for node in reported:
+        run = by_name[f"{node.resource_type} {names[node.unique_id]['name']}"]
+        assert run.state is not None
+        expected = "FAILED" if node.unique_id in failed else "COMPLETED"
+        assert run.state.type.value == expected, (node.unique_id, run.state)
+    # dbt's lines about each node are logged to that node's task run.
+    logs = _logs(state.state_details.flow_run_id)
+    assert {log.task_run_id for log in logs} >= {run.id for run in runs}
+    assert not [log.message for log in logs if "Error processing dbt callback" in log.message]
+
+    # The nodes reported with the flow's own settings and client (prefect-dbt's runner as
+    # shipped built 114 settings and 167 clients for this build's 53 task runs).
+    assert built["constructions"]["settings"] <= 2, built["constructions"]
+    assert built["constructions"]["clients"] <= 2, built["constructions"]
+    # Every node's thread has finished when run_dbt returns, and dbt-duckdb let go of the
+    # file: another process can open it for writing.
+    assert built["threads"] == []
+    subprocess.run(
+        [sys.executable, "-c", f"import duckdb; duckdb.connect({str(warehouse.warehouse)!r})"],
+        check=True,
+    )
