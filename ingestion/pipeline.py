@@ -493,7 +493,6 @@ def _load_counts(
         path,
         {
             "load_ids": pending,
-            "dataset": pipeline.dataset_name,
             "tables": tables,
             "whole": sorted(whole),
             "fresh": fresh,
