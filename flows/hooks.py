@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import prefect.runtime
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun, State
@@ -25,7 +27,10 @@ def _deployment_name(flow: Flow, flow_run: FlowRun) -> str | None:
 
 def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
     """Tell every configured channel that the run failed; never raises (a channel that fails
-    is logged, without its secret, by ``notify``)."""
+    is logged, without its secret, by ``notify``). A build into an analyst's dev warehouse
+    (``target: dev``) alerts nobody: its failure is the analyst's, in their own run."""
+    if _parameters(flow_run).get("target") == "dev":
+        return
     ui = PREFECT_UI_URL.value()
     try:
         cause = state.result(raise_on_failure=False)
@@ -39,6 +44,12 @@ def notify_failure(flow: Flow, flow_run: FlowRun, state: State) -> None:
         run_url=f"{ui}/runs/flow-run/{flow_run.id}" if ui else None,
     )
     notify(get_settings(), subject, body)
+
+
+def _parameters(flow_run: FlowRun) -> dict[str, Any]:
+    """The run's ``params`` model as the server recorded it (a dict), or nothing."""
+    params = (flow_run.parameters or {}).get("params")
+    return params if isinstance(params, dict) else {}
 
 
 def notify_warnings(flow_name: str, warnings: list[str]) -> list[Delivery]:

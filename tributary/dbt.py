@@ -19,6 +19,7 @@ import prefect_dbt
 import yaml
 from prefect import Task
 from prefect.context import SettingsContext, hydrated_context
+from prefect.logging.loggers import PrefectLogAdapter
 from prefect.task_engine import run_task_sync
 from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 from prefect_dbt.core._tracker import NodeTaskTracker
@@ -223,6 +224,25 @@ class _NodeThreads(NodeTaskTracker):
         self._parent = parent
         self.threads: list[threading.Thread] = []
 
+    def get_task_logger(
+        self,
+        node_id: str,
+        flow_run: dict[str, Any] | None = None,
+        flow: Any = None,
+        **kwargs: Any,
+    ) -> PrefectLogAdapter:
+        """Upstream's, named after the node even before its task run is (dbt's START line
+        comes first), so the console says ``Task run 'model fct_orders'``, not ``None``."""
+        logger = super().get_task_logger(node_id, flow_run, flow, **kwargs)
+        if logger.extra is not None and logger.extra.get("task_run_name") is None:
+            kind, _, rest = node_id.partition(".")
+            parts = rest.split(
+                "."
+            )  # <project>.<name>[.<hash>], unit tests <project>.<model>.<name>
+            name = parts[2] if kind == "unit_test" and len(parts) > 2 else parts[1]
+            logger.extra = {**logger.extra, "task_run_name": f"{kind} {name}"}
+        return logger
+
     def run_task_in_thread(
         self,
         node_id: str,
@@ -307,14 +327,23 @@ def with_live_settings(context: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
-    """Invoke dbt in-process against the settings' warehouse; raises ``DbtFailed`` naming
-    every failed node (and holding every node's status)."""
+    """Invoke dbt in-process against the settings' warehouse (the ``prod`` target), holding
+    the warehouse lock; raises ``DbtFailed`` naming every failed node (and holding every
+    node's status)."""
+    with warehouse_lock(settings):
+        check_warehouse(settings)
+        return invoke_dbt(args, dbt_environment(settings))
+
+
+def invoke_dbt(args: list[str], environment: dict[str, str]) -> DbtSummary:
+    """Invoke dbt in-process with ``environment`` set (the variables ``profiles.yml`` reads),
+    one Prefect task per node inside a flow; takes no lock (``run_dbt`` does, for production).
+    Raises ``DbtFailed`` naming every failed node."""
     runner = _NodeTaskRunner(
         settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
         raise_on_failure=False,
     )
-    with warehouse_lock(settings), _environment(dbt_environment(settings)):
-        check_warehouse(settings)
+    with _environment(environment):
         try:
             result = runner.invoke(args)
         finally:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import duckdb
 
+from tributary.dbt import DbtSummary, invoke_dbt
 from tributary.publish import RAW, Publication, current, state_path
 from tributary.settings import DBT_PROJECT_DIR, PUBLICATION_SCHEMA, ConfigurationError, Settings
 
@@ -35,23 +36,25 @@ def user() -> str:
     return os.environ.get("USER") or "analyst"
 
 
-def dev_path(settings: Settings) -> Path:
-    """The analyst's dev warehouse: ``TRIBUTARY_DEV_PATH``, default ``data/dev/<user>.duckdb``."""
-    return (settings.dev_path or settings.data_dir / "dev" / f"{user()}.duckdb").resolve()
+def dev_path(settings: Settings, analyst: str | None = None) -> Path:
+    """The analyst's dev warehouse: ``TRIBUTARY_DEV_PATH``, default
+    ``data/dev/<analyst, default $USER>.duckdb``."""
+    name = analyst or user()
+    return (settings.dev_path or settings.data_dir / "dev" / f"{name}.duckdb").resolve()
 
 
-def _target_path(settings: Settings) -> Path:
+def _target_path(settings: Settings, analyst: str | None = None) -> Path:
     """dbt's target folder for dev builds: never the project's ``target/``, which production's
     builds keep (``dbt retry``, publishing)."""
-    path = dev_path(settings)
+    path = dev_path(settings, analyst)
     return path.with_name(f"{path.stem}.target")
 
 
-def environment(settings: Settings) -> dict[str, str]:
+def environment(settings: Settings, analyst: str | None = None) -> dict[str, str]:
     """The variables ``profiles.yml``'s ``dev`` target reads."""
     return {
         "TRIBUTARY_DBT_TARGET": "dev",
-        "TRIBUTARY_DEV_PATH": str(dev_path(settings)),
+        "TRIBUTARY_DEV_PATH": str(dev_path(settings, analyst)),
         # the link, not today's version: each dbt invocation opens the newest set
         "TRIBUTARY_PUBLISHED_PATH": str(settings.published),
     }
@@ -75,11 +78,16 @@ def production(settings: Settings) -> Publication:
     return publication
 
 
+def dbt_flags(settings: Settings, analyst: str | None = None) -> list[str]:
+    """The ``dev`` target, with its own target and log folders."""
+    target = _target_path(settings, analyst)
+    return ["--target", "dev", "--target-path", str(target), "--log-path", str(target / "logs")]
+
+
 def dbt_command(
     settings: Settings, args: Sequence[str], project_dir: Path = DBT_PROJECT_DIR
 ) -> list[str]:
-    """``dbt <args>`` for the dev target, with its own target and log folders."""
-    target = _target_path(settings)
+    """``dbt <args>`` for the dev target."""
     return [
         str(DBT),
         *args,
@@ -87,12 +95,7 @@ def dbt_command(
         str(project_dir),
         "--profiles-dir",
         str(project_dir),
-        "--target",
-        "dev",
-        "--target-path",
-        str(target),
-        "--log-path",
-        str(target / "logs"),
+        *dbt_flags(settings),
     ]
 
 
@@ -107,6 +110,9 @@ def _run(
         text=True,
         check=False,
     )
+
+
+INIT_ARGS = ["run", "--select", "config.materialized:view"]
 
 
 def init(
@@ -125,21 +131,10 @@ def init(
         raise ConfigurationError(f"--days: {days} keeps no orders; give 1 or more")
     dev_path(settings).parent.mkdir(parents=True, exist_ok=True)
     limit = ["--vars", json.dumps({"dev_days": days})] if days is not None else []
-    return _run(
-        settings,
-        ["run", "--select", "config.materialized:view", *limit],
-        project_dir,
-        capture=capture,
-    )
+    return _run(settings, [*INIT_ARGS, *limit], project_dir, capture=capture)
 
 
-def build(
-    settings: Settings,
-    args: Sequence[str] = (),
-    project_dir: Path = DBT_PROJECT_DIR,
-    *,
-    capture: bool = False,
-) -> subprocess.CompletedProcess[str]:
+def build_args(settings: Settings, args: Sequence[str] = ()) -> list[str]:
     """``dbt build`` of what changed against production (``state:modified+``, or ``args``'
     own ``--select``), deferring the rest to the published version's models."""
     publication = production(settings)
@@ -149,24 +144,47 @@ def build(
             f"the published version {publication.version} has no dbt state ({state}) to defer "
             "to; the next passing production build publishes one"
         )
+    selects = any(arg in {"--select", "-s", "--selector"} for arg in args)
+    return [
+        "build",
+        *([] if selects else ["--select", "state:modified+"]),
+        "--defer",
+        "--state",
+        str(state),
+        *args,
+    ]
+
+
+def build(
+    settings: Settings,
+    args: Sequence[str] = (),
+    project_dir: Path = DBT_PROJECT_DIR,
+    *,
+    capture: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """A dev build (``build_args``) at a shell; makes the dev warehouse first if need be."""
+    command = build_args(settings, args)
     if not dev_path(settings).is_file():
         initialised = init(settings, project_dir, capture=capture)
         if initialised.returncode != 0:
             return initialised
-    selects = any(arg in {"--select", "-s", "--selector"} for arg in args)
-    return _run(
-        settings,
-        [
-            "build",
-            *([] if selects else ["--select", "state:modified+"]),
-            "--defer",
-            "--state",
-            str(state),
-            *args,
-        ],
-        project_dir,
-        capture=capture,
-    )
+    return _run(settings, command, project_dir, capture=capture)
+
+
+def build_in_process(
+    settings: Settings, args: Sequence[str] = (), analyst: str | None = None
+) -> DbtSummary:
+    """A dev build (``build_args``) in this process, as the ``dbt`` flow runs it with
+    ``target: dev``: every node a Prefect task, no warehouse lock, nothing published. Builds
+    ``analyst``'s dev warehouse (default: $USER's), making it first if need be."""
+    command = build_args(settings, args)
+    flags = dbt_flags(settings, analyst)
+    variables = environment(settings, analyst)
+    path = dev_path(settings, analyst)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        invoke_dbt([*INIT_ARGS, *flags], variables)
+    return invoke_dbt([*command, *flags], variables)
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:

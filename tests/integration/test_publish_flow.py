@@ -20,6 +20,8 @@ from typing import Any
 
 import duckdb
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
 from demo.api import serve_in_background
@@ -285,6 +287,59 @@ def test_an_analyst_builds_a_changed_mart_in_dev_and_reads_the_rest_from_product
     assert dev_orders == recent and 0 < len(recent) < len(placed)
     assert dev_items == sum(1 for (order_id,) in items if order_id in recent)
     assert strays == 0
+
+
+def test_the_dbt_flow_builds_an_analysts_dev_warehouse_without_touching_production(
+    shop: Shop, held_across_runs: HeldAcrossRuns
+) -> None:
+    """`dbt/build` with `target: dev` (as `python -m flows.dbt_build --target dev`): the selected
+    mart and its children build in-process into that analyst's own file, every node a task run
+    of the flow run, the rest read from production — while the warehouse lock and a writer on
+    the working warehouse are held, with no run journaled and nothing published."""
+    serving = current(shop.settings)
+    working = hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest()
+    journals = sorted((shop.settings.data_dir / "ops" / "runs").glob("*"))
+    with (
+        warehouse_lock(shop.settings),
+        duckdb.connect(str(shop.settings.warehouse)),
+    ):
+        state = build(
+            DbtBuildParameters(target="dev", select=["fct_orders+"], analyst="bo"),
+            return_state=True,
+        )
+    summary = state.result()
+    built = {node.unique_id for node in summary.nodes if node.resource_type == "model"}
+    assert built == {"model.tributary.fct_orders"}, summary.statuses
+    assert summary.passed and summary.tests_passed >= 5
+
+    with get_client(sync_client=True) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    # one task run per node of the build, and per staging view of the dev file it made first
+    names = sorted(task.name.split(" ", 1)[1] for task in tasks)
+    nodes = [  # test.<project>.<name>.<hash>, unit_test.<project>.<model>.<name>
+        node.unique_id.split(".")[3 if node.resource_type == "unit_test" else 2]
+        for node in summary.nodes
+    ]
+    views = [name for name in names if name.startswith("stg_")]
+    assert sorted([*nodes, *views]) == names and len(views) == 7, names
+
+    path = shop.settings.data_dir / "dev" / "bo.duckdb"
+    with dev.connect(shop.settings.model_copy(update={"dev_path": path})) as built_dev:
+        orders = dict(
+            built_dev.sql("select order_id, order_total from marts.fct_orders").fetchall()
+        )
+    with duckdb.connect(str(shop.settings.published), read_only=True) as published:
+        assert orders == dict(
+            published.sql("select order_id, order_total from marts.fct_orders").fetchall()
+        )
+    assert orders == {key: row["order_total"] for key, row in shop.expected().fct_orders.items()}
+    assert current(shop.settings) == serving
+    assert hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest() == working
+    assert sorted((shop.settings.data_dir / "ops" / "runs").glob("*")) == journals
 
 
 @dataclass

@@ -141,7 +141,10 @@ def _logs(flow_run_id: UUID) -> list[Log]:
 
 @pytest.mark.integration
 def test_every_node_is_a_task_run_with_its_final_state(
-    warehouse: Settings, prefect_server: None, constructions: Counter[str]
+    warehouse: Settings,
+    prefect_server: None,
+    constructions: Counter[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     built: dict[str, Any] = {}
 
@@ -177,6 +180,18 @@ def test_every_node_is_a_task_run_with_its_final_state(
     logs = _logs(state.state_details.flow_run_id)
     assert {log.task_run_id for log in logs} >= {run.id for run in runs}
     assert not [log.message for log in logs if "Error processing dbt callback" in log.message]
+    # and on the console under the node's name, never as `Task run None`
+    unnamed = [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "prefect.task_runs" and getattr(record, "task_run_name", "") is None
+    ]
+    assert unnamed == []
+    assert any(
+        str(getattr(record, "task_run_name", "")).startswith(f"test {FAILING_TEST}")
+        and "START" in record.getMessage()
+        for record in caplog.records
+    )
 
     # The nodes reported with the flow's own settings and client (prefect-dbt's runner as
     # shipped built 114 settings and 167 clients for this build's 53 task runs).
