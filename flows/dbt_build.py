@@ -77,6 +77,7 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
         summary.models_built,
         summary.tests_passed,
     )
+    journal.publishing(RunReport(warehouse=settings.warehouse, dbt=summary))
     try:
         published = publish_marts(summary)
     except Exception as exc:

@@ -298,6 +298,7 @@ def elt(params: EltParameters | None = None) -> RunReport:
                 )
             except Exception as exc:
                 raise StepFailed("dbt build", exc, note=say_not_published(exc)) from exc
+            journal.publishing(RunReport(warehouse=settings.warehouse, loads=loads, dbt=dbt))
             try:
                 published = publish_marts(dbt)
             except Exception as exc:

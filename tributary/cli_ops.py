@@ -3,9 +3,10 @@
 They read the published file (``TRIBUTARY_PUBLISHED_PATH``) and the run journals, never the
 working warehouse: a read-only DuckDB connection to that file from another process blocks every
 writer of it, so a reader there would stop the pipeline. The published file is written once and
-never in place, so reading it blocks nothing. Its ``ops`` schema lags one run (a run records
-itself after it publishes); the run journals (``tributary.runs``) fill the gap: a run that is
-under way, or has ended and waits for the next run to write its history.
+never in place, so reading it blocks nothing. Its ``ops`` schema holds every run up to the one
+that published it (a run records itself just before it publishes); the run journals
+(``tributary.runs``) add the rest: a run under way, or one that ended without publishing and
+waits for the next run to write its history.
 
 Nothing here imports Prefect (``tributary.runs``, ``tributary.publish`` and ``tributary.ops``
 do, through ``tributary.lock``): that import takes seconds, and these commands should not.
@@ -426,7 +427,7 @@ def runs(
         typer.echo(
             "No runs recorded yet"
             + (f" with status {status.value}." if status else ".")
-            + " The published history lags one run: a run's own row is published by the next."
+            + " The published history holds the runs up to the one that published it."
         )
     if not published:
         raise _fail(_nothing_published(settings))
@@ -582,10 +583,7 @@ def status(
             )
         console.print(table)
     else:
-        typer.echo(
-            "Raw tables: no load in the published history or a run journal yet; the published "
-            "history lags one run (a run's loads are published by the next run)."
-        )
+        typer.echo("Raw tables: no load in the published history or a run journal yet.")
     table = _table("Marts readers get", "mart", ">rows", "as of (UTC)", ">age", "fresh", "from")
     for mart in found.marts:
         age = _span(mart.age_hours * 3600)

@@ -160,6 +160,31 @@ class RunJournal:
         self.entry = self.entry.model_copy(update={"progress": row})
         _write(self.path, self.entry)
 
+    def publishing(self, report: RunReport) -> None:
+        """Write the run into ``ops`` as completed just before it publishes, so the version it
+        publishes holds the run's own row and loads (readers of the published file are not a
+        run behind). ``finish`` writes the final row; a failed publish or a kill replaces this
+        one (the journal stays until then), and only a version this run published holds it."""
+        row = run_row(
+            flow_run_id=self.entry.flow_run_id,
+            flow_name=self.entry.flow_name,
+            deployment=self.entry.deployment,
+            status="completed",
+            error=None,
+            started_at=self.entry.started_at,
+            finished_at=datetime.now(UTC),
+            report=report,
+        )
+        try:
+            write_runs(self.settings, [row], now=row.finished_at)
+        except Exception as exc:  # publishing goes on; the published history misses this run
+            run_logger().warning(
+                "Could not write this run to ops.pipeline_runs before publishing (%s: %s); "
+                "the next version published holds it.",
+                type(exc).__name__,
+                exc,
+            )
+
     def finish(
         self, status: Literal["completed", "failed"], error: str | None, report: RunReport
     ) -> list[Freshness]:

@@ -54,9 +54,9 @@ SEEN = """
 """
 
 
-def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+def _query(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(path), read_only=True) as connection:
-        return connection.execute(sql).fetchall()
+        return connection.execute(sql, list(args)).fetchall()
 
 
 def _published(report: RunReport) -> Publication:
@@ -139,6 +139,35 @@ def held_across_runs(shop: Shop, first_run: RunReport) -> HeldAcrossRuns:
         after = reader.query(SEEN)
         seen_fresh = fresh.stop()
     return HeldAcrossRuns(opened, during, after, seen_fresh, runs)
+
+
+def test_the_version_a_run_publishes_holds_that_runs_own_history(
+    shop: Shop, first_run: RunReport
+) -> None:
+    """Readers of the published file (`tributary runs`, `status`) see the run that published
+    it, with what it loaded — not only the runs before it."""
+    publication = _published(first_run)
+    [run] = _query(
+        publication.path,
+        "select flow_run_id, status, rows_loaded from ops.pipeline_runs",
+    )
+    assert run == (
+        publication.flow_run_id,
+        "completed",
+        sum(load.rows_loaded for load in first_run.loads),
+    )
+    loads = _query(
+        publication.path,
+        "select dataset || '.' || table_name, rows_new, rows_updated, rows_deleted "
+        "from ops.table_loads where flow_run_id = ? order by 1",
+        publication.flow_run_id,
+    )
+    assert loads == sorted(
+        (f"{load.dataset}.{table.table}", table.new, table.updated, table.deleted)
+        for load in first_run.loads
+        for table in load.tables
+    )
+    assert len(loads) >= 7
 
 
 def test_a_reader_holding_the_published_file_never_blocks_a_run_nor_sees_it_change(
