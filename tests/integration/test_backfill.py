@@ -12,12 +12,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from demo.api import serve_in_background
 from demo.generate import generate
 from demo.paths import shop_sqlite_path, shop_url
 from flows.elt import EltParameters, elt
 from tests.integration.sources import fetch_payments
-from tributary.settings import Settings, get_settings
+from tests.integration.stack import serving
+from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,9 @@ DBT_MINIMAL = ["stg_fx__exchange_rates"]
 def loaded(tmp_path: Path, prefect_server: None) -> Iterator[tuple[Settings, str]]:
     settings = Settings(data_dir=tmp_path)
     generate(shop_url(settings), settings.demo_api_db, orders=400, seed=9, end=END)
-    with (
-        serve_in_background(settings.demo_api_db, "token") as api_url,
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("TRIBUTARY_DATA_DIR", str(tmp_path))
-        env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-        env.setenv("TRIBUTARY_FX_API_URL", api_url)
-        env.setenv("SOURCES__PAYMENTS__TOKEN", "token")
-        get_settings.cache_clear()
+    with serving(tmp_path) as served:
         elt(EltParameters(dbt_select=DBT_MINIMAL))
-        yield get_settings(), api_url
-    get_settings.cache_clear()
+        yield served.settings, served.api_url
 
 
 def _sql(settings: Settings, sql: str, read_only: bool = True) -> list[tuple]:

@@ -7,26 +7,21 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
-from demo.api import serve_in_background
-from demo.generate import generate
 from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import SimulationResult, simulate
 from flows.elt import elt
 from tests.integration.sources import CENT, ExpectedMarts, expected_marts
+from tests.integration.stack import ORDERS, SEED, Loaded, serving
 from tributary.report import RunReport
-from tributary.settings import Settings, get_settings
+from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
 
-ORDERS = 600
-SEED = 11
-END = datetime(2026, 11, 1, 12, 0, 0)
 RAW_KEYS = {
     "raw_shop.customers": ["customer_id"],
     "raw_shop.stores": ["store_id"],
@@ -69,27 +64,17 @@ class Shop:
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Shop]:
-    data_dir: Path = tmp_path_factory.mktemp("elt")
-    settings = Settings(data_dir=data_dir)
-    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
-    token = secrets.token_urlsafe(16)
-    with (
-        serve_in_background(settings.demo_api_db, token) as api_url,
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("TRIBUTARY_DATA_DIR", str(data_dir))
-        env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-        env.setenv("TRIBUTARY_FX_API_URL", api_url)
-        env.setenv("SOURCES__PAYMENTS__TOKEN", token)
-        get_settings.cache_clear()
-        yield Shop(settings=get_settings(), api_url=api_url, token=token)
-    get_settings.cache_clear()
+def shop(tmp_path_factory: pytest.TempPathFactory, loaded_shop: Loaded) -> Iterator[Shop]:
+    """A copy of the session's shop after its first run (``first_run``)."""
+    data_dir = loaded_shop.copy(tmp_path_factory.mktemp("elt"))
+    with serving(data_dir, secrets.token_urlsafe(16)) as served:
+        yield Shop(settings=served.settings, api_url=served.api_url, token=served.token)
 
 
 @pytest.fixture(scope="module")
-def first_run(shop: Shop) -> RunReport:
-    return elt()
+def first_run(loaded_shop: Loaded) -> RunReport:
+    """The first run, made once per session (``loaded_shop``) on the shop this module copied."""
+    return loaded_shop.report
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from demo.api import serve_in_background
 from demo.generate import generate
 from demo.paths import shop_url
 from demo.simulate import SimulationResult, simulate
 from flows.elt import elt
 from tests.integration.sources import ExpectedMarts, expected_marts, read_shop
+from tests.integration.stack import serving
 from tests.integration.test_elt_flow import Shop, assert_marts_match, assert_no_duplicate_keys
 from tests.servers import throwaway_database
 from tributary.report import RunReport
-from tributary.settings import Settings, get_settings
+from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -53,19 +53,8 @@ def shop(
         data_dir = tmp_path_factory.mktemp(f"elt-{request.param}")
         settings = Settings(data_dir=data_dir)
         generate(url, settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
-        token = secrets.token_urlsafe(16)
-        with (
-            serve_in_background(settings.demo_api_db, token) as api_url,
-            pytest.MonkeyPatch.context() as env,
-        ):
-            env.setenv("TRIBUTARY_DATA_DIR", str(data_dir))
-            env.setenv("TRIBUTARY_SHOP_URL", url)
-            env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-            env.setenv("TRIBUTARY_FX_API_URL", api_url)
-            env.setenv("SOURCES__PAYMENTS__TOKEN", token)
-            get_settings.cache_clear()
-            yield ServerShop(settings=get_settings(), api_url=api_url, token=token)
-        get_settings.cache_clear()
+        with serving(data_dir, secrets.token_urlsafe(16), shop_url=url) as served:
+            yield ServerShop(settings=served.settings, api_url=served.api_url, token=served.token)
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,14 @@ from typing import Any
 import pytest
 import yaml
 
-from demo.api import serve_in_background
 from demo.generate import generate
 from demo.paths import shop_url
 from flows.elt import StepFailed, elt
 from tests.integration.sources import RateBook, fetch_payments, fetch_rates
+from tests.integration.stack import serving
 from tests.integration.test_elt_flow import Shop, assert_marts_match, assert_no_duplicate_keys
 from tributary.report import RunReport
-from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
+from tributary.settings import DBT_PROJECT_DIR, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -98,18 +98,8 @@ def _choose_gaps(api_db: Path) -> Gaps:
 @contextmanager
 def _serving(settings: Settings) -> Iterator[Shop]:
     """The demo API over the settings' store, and the environment the `elt` flow reads."""
-    token = secrets.token_urlsafe(16)
-    with (
-        serve_in_background(settings.demo_api_db, token) as api_url,
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("TRIBUTARY_DATA_DIR", str(settings.data_dir))
-        env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-        env.setenv("TRIBUTARY_FX_API_URL", api_url)
-        env.setenv("SOURCES__PAYMENTS__TOKEN", token)
-        get_settings.cache_clear()
-        yield Shop(settings=get_settings(), api_url=api_url, token=token)
-    get_settings.cache_clear()
+    with serving(settings.data_dir, secrets.token_urlsafe(16)) as served:
+        yield Shop(settings=served.settings, api_url=served.api_url, token=served.token)
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,12 @@ from typing import Any
 import duckdb
 import pytest
 
-from demo.api import serve_in_background
-from demo.generate import generate
 from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import SimulationResult, simulate
 from flows.elt import StepFailed, elt
-from tests.integration.test_elt_flow import END, ORDERS, SEED
-from tests.receivers import webhook_receiver
+from tests.integration.stack import SEED, Loaded, serving
 from tributary.report import RunReport
-from tributary.settings import Settings, get_settings
+from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -57,28 +54,14 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Stack]:
-    data_dir: Path = tmp_path_factory.mktemp("guards")
-    settings = Settings(data_dir=data_dir)
-    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
-    with (
-        serve_in_background(settings.demo_api_db, "token") as api_url,
-        webhook_receiver() as (hook_url, alerts),
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("TRIBUTARY_DATA_DIR", str(data_dir))
-        env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-        env.setenv("TRIBUTARY_FX_API_URL", api_url)
-        env.setenv("SOURCES__PAYMENTS__TOKEN", "token")
-        env.setenv("TRIBUTARY_SLACK_WEBHOOK_URL", hook_url)
-        get_settings.cache_clear()
-        yield Stack(get_settings(), alerts)
-    get_settings.cache_clear()
+def stack(tmp_path_factory: pytest.TempPathFactory, loaded_shop: Loaded) -> Iterator[Stack]:
+    """A copy of the session's shop after its first run, alerts going to a webhook here."""
+    with serving(loaded_shop.copy(tmp_path_factory.mktemp("guards")), webhook=True) as served:
+        yield Stack(served.settings, served.alerts)
 
 
 @pytest.fixture(scope="module")
 def poisoned_run(stack: Stack) -> tuple[RunReport, SimulationResult]:
-    elt()
     changes = stack.move(1)
     stack.shop(
         "update orders set status = 'returned', updated_at = '2099-01-01 00:00:00' "

@@ -24,21 +24,20 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
-from demo.api import serve_in_background
-from demo.generate import generate
 from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import simulate
 from flows.dbt_build import DbtBuildParameters, build
 from flows.elt import StepFailed, elt
 from tests.integration.sources import read_shop
-from tests.integration.test_elt_flow import END, MART_KEYS, ORDERS, SEED, Shop, assert_marts_match
+from tests.integration.stack import ORDERS, SEED, Loaded, serving
+from tests.integration.test_elt_flow import MART_KEYS, Shop, assert_marts_match
 from tests.readers import held_connection, poller
 from tributary import dev
 from tributary.cli import app
 from tributary.lock import warehouse_lock
 from tributary.publish import Publication, current
 from tributary.report import RunReport
-from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
+from tributary.settings import DBT_PROJECT_DIR
 from tributary.warehouse import RESTORE_COMMAND
 
 pytestmark = pytest.mark.integration
@@ -81,26 +80,16 @@ def _move_shop(shop: Shop, step: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iterator[Shop]:
-    data_dir: Path = tmp_path_factory.mktemp("publish")
-    settings = Settings(data_dir=data_dir)
-    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
-    with (
-        serve_in_background(settings.demo_api_db, "token") as api_url,
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("TRIBUTARY_DATA_DIR", str(data_dir))
-        env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-        env.setenv("TRIBUTARY_FX_API_URL", api_url)
-        env.setenv("SOURCES__PAYMENTS__TOKEN", "token")
-        get_settings.cache_clear()
-        yield Shop(settings=get_settings(), api_url=api_url, token="token")
-    get_settings.cache_clear()
+def shop(tmp_path_factory: pytest.TempPathFactory, loaded_shop: Loaded) -> Iterator[Shop]:
+    """A copy of the session's shop after its first run (``first_run``)."""
+    with serving(loaded_shop.copy(tmp_path_factory.mktemp("publish"))) as served:
+        yield Shop(settings=served.settings, api_url=served.api_url, token=served.token)
 
 
 @pytest.fixture(scope="module")
-def first_run(shop: Shop) -> RunReport:
-    return elt()
+def first_run(loaded_shop: Loaded) -> RunReport:
+    """The first run, made once per session on the shop this module copied."""
+    return loaded_shop.report
 
 
 @dataclass

@@ -27,15 +27,14 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 from prefect.states import Running
 
-from demo.api import serve_in_background
 from demo.generate import generate
 from demo.paths import shop_url
 from flows.dbt_build import build
 from flows.elt import EltParameters, StepFailed, elt
-from tests.receivers import webhook_receiver
+from tests.integration.stack import serving
 from tributary.report import RunReport
 from tributary.runs import flush
-from tributary.settings import PROJECT_ROOT, Settings, get_settings
+from tributary.settings import PROJECT_ROOT, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -124,20 +123,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory, prefect_server: None) -> Iter
     data_dir = tmp_path_factory.mktemp("history")
     settings = Settings(data_dir=data_dir)
     generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=17)
-    token = secrets.token_urlsafe(12)
-    with (
-        serve_in_background(settings.demo_api_db, token) as api_url,
-        webhook_receiver() as (hook_url, alerts),
-        pytest.MonkeyPatch.context() as env,
-    ):
-        env.setenv("TRIBUTARY_SLACK_WEBHOOK_URL", hook_url)
-        env.setenv("TRIBUTARY_DATA_DIR", str(data_dir))
-        env.setenv("TRIBUTARY_PAYMENTS_API_URL", api_url)
-        env.setenv("TRIBUTARY_FX_API_URL", api_url)
-        env.setenv("SOURCES__PAYMENTS__TOKEN", token)
-        get_settings.cache_clear()
-        yield Shop(get_settings(), api_url, token, alerts)
-    get_settings.cache_clear()
+    with serving(data_dir, secrets.token_urlsafe(12), webhook=True) as served:
+        yield Shop(served.settings, served.api_url, served.token, served.alerts)
 
 
 @dataclass(frozen=True)
