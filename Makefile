@@ -37,7 +37,7 @@ format: setup
 	$(VENV)/bin/sqlfluff fix dbt_project --disable-progress-bar
 
 test: lint
-	$(VENV)/bin/pytest --durations=10
+	$(VENV)/bin/pytest --durations=30
 
 # Lint, then the tests that are not marked integration, start no Prefect server (these use
 # the `prefect_server` fixture of tests/conftest.py without the marker) and are not the
