@@ -144,19 +144,23 @@ class RunJournal:
             with suppress(FileNotFoundError):
                 os.utime(self.path)
 
-    def record(self, report: RunReport) -> None:
-        """Keep what the run has loaded so far: a run killed later is written with these
-        loads (``ops.table_loads``), which no later run counts again."""
-        row = run_row(
+    def _row(self, status: str, error: str | None, report: RunReport) -> RunRow:
+        """The run's history row as of now."""
+        return run_row(
             flow_run_id=self.entry.flow_run_id,
             flow_name=self.entry.flow_name,
             deployment=self.entry.deployment,
-            status="running",
-            error=None,
+            status=status,
+            error=error,
             started_at=self.entry.started_at,
             finished_at=datetime.now(UTC),
             report=report,
         )
+
+    def record(self, report: RunReport) -> None:
+        """Keep what the run has loaded so far: a run killed later is written with these
+        loads (``ops.table_loads``), which no later run counts again."""
+        row = self._row("running", None, report)
         self.entry = self.entry.model_copy(update={"progress": row})
         _write(self.path, self.entry)
 
@@ -165,16 +169,7 @@ class RunJournal:
         publishes holds the run's own row and loads (readers of the published file are not a
         run behind). ``finish`` writes the final row; a failed publish or a kill replaces this
         one (the journal stays until then), and only a version this run published holds it."""
-        row = run_row(
-            flow_run_id=self.entry.flow_run_id,
-            flow_name=self.entry.flow_name,
-            deployment=self.entry.deployment,
-            status="completed",
-            error=None,
-            started_at=self.entry.started_at,
-            finished_at=datetime.now(UTC),
-            report=report,
-        )
+        row = self._row("completed", None, report)
         try:
             write_runs(self.settings, [row], now=row.finished_at)
         except Exception as exc:  # publishing goes on; the published history misses this run
@@ -194,16 +189,7 @@ class RunJournal:
         than its history row, which the journal keeps for the next run to write."""
         self._stop.set()
         self._heartbeat.join()
-        row = run_row(
-            flow_run_id=self.entry.flow_run_id,
-            flow_name=self.entry.flow_name,
-            deployment=self.entry.deployment,
-            status=status,
-            error=error,
-            started_at=self.entry.started_at,
-            finished_at=datetime.now(UTC),
-            report=report,
-        )
+        row = self._row(status, error, report)
         self.entry = self.entry.model_copy(update={"status": status, "final": row})
         try:
             _write(self.path, self.entry)
