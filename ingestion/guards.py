@@ -29,6 +29,7 @@ from dlt.extract.items_transform import BaseItemTransform, ItemTransform
 
 from ingestion.quarantine import Journal, Rejected
 from tributary.settings import Settings
+from tributary.warehouse import sql_string
 
 
 class GuardError(RuntimeError):
@@ -272,7 +273,7 @@ def duplicate_keys(
     """The keys that occur more than once in the parquet files, with ``copies``: how many
     rows share each. ``collapse_identical`` leaves out keys whose rows agree in every column
     but dlt's own."""
-    files = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
+    files = ", ".join(sql_string(path) for path in paths)
     key_list = ", ".join(_quoted(key) for key in keys)
     with duckdb.connect() as connection:
         relation = connection.sql(f"select * from read_parquet([{files}], union_by_name = true)")

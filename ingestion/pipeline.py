@@ -34,7 +34,7 @@ from ingestion.sql_database.keys import snapshot as key_snapshot
 from tributary.commands import command
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
-from tributary.warehouse import check_warehouse
+from tributary.warehouse import check_warehouse, sql_string
 
 
 def dataset_name(source: str) -> str:
@@ -151,7 +151,7 @@ def _changes(
                 continue
             if not keys:
                 if table in whole and table in existing and not refreshed:
-                    paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files[table])
+                    paths = ", ".join(sql_string(path) for path in files[table])
                     [(now,)] = client.execute_sql(
                         f"select count(*) from read_parquet([{paths}], union_by_name = true)"
                     )
@@ -161,7 +161,7 @@ def _changes(
                 continue
             columns = pipeline.default_schema.get_table_columns(table)
             flagged = [name for name, column in columns.items() if column.get("hard_delete")]
-            paths = ", ".join("'" + path.replace("'", "''") + "'" for path in files[table])
+            paths = ", ".join(sql_string(path) for path in files[table])
             package = f"read_parquet([{paths}], union_by_name = true)"
             deleted_flag = " or ".join(f"p.{name} is not null" for name in flagged) or "false"
             key_list = ", ".join(keys)

@@ -26,6 +26,7 @@ import duckdb
 from tributary.dbt import DbtSummary, invoke_dbt
 from tributary.publish import RAW, Publication, current, state_path
 from tributary.settings import DBT_PROJECT_DIR, PUBLICATION_SCHEMA, ConfigurationError, Settings
+from tributary.warehouse import sql_string
 
 # dbt's own binary, beside this interpreter
 DBT = Path(sys.executable).parent / "dbt"
@@ -198,14 +199,10 @@ def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
         )
     production(settings)
     connection = duckdb.connect()
-    connection.execute(f"attach '{_quoted(path)}' as dev (read_only)")
-    connection.execute(f"attach '{_quoted(settings.published)}' as prod (read_only)")
+    connection.execute(f"attach {sql_string(path)} as dev (read_only)")
+    connection.execute(f"attach {sql_string(settings.published)} as prod (read_only)")
     connection.execute("use dev")
     return connection
-
-
-def _quoted(path: Path) -> str:
-    return str(path).replace("'", "''")
 
 
 def describe(settings: Settings) -> list[tuple[str, str]]:

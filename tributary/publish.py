@@ -38,7 +38,7 @@ from tributary.settings import (
     ConfigurationError,
     Settings,
 )
-from tributary.warehouse import RESTORE_COMMAND, WarehouseUnreadable, check_warehouse
+from tributary.warehouse import RESTORE_COMMAND, WarehouseUnreadable, check_warehouse, sql_string
 
 MANIFEST = DBT_PROJECT_DIR / "target" / "manifest.json"
 PUBLICATION_DDL = f"""
@@ -258,7 +258,7 @@ def _write_version(
     final = folder / name
     partial = folder / f"{name}.partial"
     with duckdb.connect(str(partial)) as version:
-        version.execute(f"attach '{_quoted(settings.warehouse)}' as warehouse (read_only)")
+        version.execute(f"attach {sql_string(settings.warehouse)} as warehouse (read_only)")
         history = [
             f"{schema}.{table}"
             for schema, table in version.execute(
@@ -286,7 +286,7 @@ def _write_version(
         copies += [("warehouse", r, HISTORY) for r in history]
         copies += [("warehouse", r, RAW) for r in raw]
         if carried and previous is not None:
-            version.execute(f"attach '{_quoted(previous.path)}' as previous (read_only)")
+            version.execute(f"attach {sql_string(previous.path)} as previous (read_only)")
             copies += [("previous", r, f"carried over from {previous.version}") for r in carried]
         tables = [_copy_table(version, catalog, r, origin) for catalog, r, origin in copies]
         version.execute(PUBLICATION_DDL)
@@ -343,10 +343,6 @@ def _copy_table(
     version.execute(f"insert into {target} select * from {catalog}.{target}")
     [(rows,)] = version.execute(f"select count(*) from {target}").fetchall()
     return PublishedTable(relation, rows, origin)
-
-
-def _quoted(path: Path) -> str:
-    return str(path).replace("'", "''")
 
 
 def _fsync(path: Path) -> None:

@@ -15,6 +15,13 @@ import duckdb
 from tributary.commands import command
 from tributary.settings import ConfigurationError, Settings
 
+
+def sql_string(text: str | Path) -> str:
+    """``text`` as a SQL string literal: DuckDB takes file paths in ``attach`` and
+    ``read_parquet`` only as literals, not as parameters."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 # What DuckDB says when the bytes of a database file (or its write-ahead log) are not a
 # database: truncated, overwritten, or not a DuckDB file at all.
 CORRUPT_MESSAGES = (
