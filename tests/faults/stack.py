@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from demo.api import Faults, serve_in_background
 from demo.generate import generate
 from demo.simulate import simulate
+from tests.processes import Process, living, processes
 
 Backend = Literal["sqlite", "postgresql"]
 BACKENDS: tuple[Backend, ...] = ("sqlite", "postgresql")
@@ -42,49 +43,6 @@ RUN_TIMEOUT_SECONDS = 300
 # (tributary/orphans.py gives them 5 s after SIGTERM).
 ORPHAN_GRACE_SECONDS = 20
 FLOW_RUN_NAME = re.compile(r"Beginning flow run '([^']+)' for flow 'elt'")
-
-
-@dataclass(frozen=True)
-class Process:
-    pid: int
-    ppid: int
-    pgrp: int
-    state: str
-    start_ticks: int
-    command: str
-
-
-def processes() -> dict[int, Process]:
-    """Every process, read from /proc independently of the code under test."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = Process(
-            pid=int(entry.name),
-            ppid=int(fields[1]),
-            pgrp=int(fields[2]),
-            state=fields[0],
-            start_ticks=int(fields[19]),
-            command=command,
-        )
-    return found
-
-
-def living(group: Sequence[Process]) -> list[Process]:
-    """Those still running (not exited, not zombies, their PIDs not reused)."""
-    now = processes()
-    return [
-        p
-        for p in group
-        if p.pid in now and now[p.pid].start_ticks == p.start_ticks and now[p.pid].state != "Z"
-    ]
 
 
 @dataclass

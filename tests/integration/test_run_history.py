@@ -32,6 +32,7 @@ from demo.paths import shop_url
 from flows.dbt_build import build
 from flows.elt import EltParameters, StepFailed, elt
 from tests.integration.stack import serving
+from tests.processes import Process, living, processes
 from tributary.report import RunReport
 from tributary.runs import flush
 from tributary.settings import PROJECT_ROOT, Settings
@@ -40,49 +41,6 @@ pytestmark = pytest.mark.integration
 
 ORDERS = 200
 SERVER = "prefect.server.api.server:create_app"  # how Prefect's temporary server shows in ps
-
-
-@dataclass(frozen=True)
-class Process:
-    pid: int
-    ppid: int
-    pgrp: int
-    state: str
-    start_ticks: int
-    command: str
-
-
-def _processes() -> dict[int, Process]:
-    """Every process, read from /proc independently of the code under test."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        found[int(entry.name)] = Process(
-            pid=int(entry.name),
-            ppid=int(fields[1]),
-            pgrp=int(fields[2]),
-            state=fields[0],
-            start_ticks=int(fields[19]),
-            command=command,
-        )
-    return found
-
-
-def _living(processes: list[Process]) -> list[Process]:
-    """Those still running (not exited, not zombies, PIDs not reused)."""
-    now = _processes()
-    return [
-        p
-        for p in processes
-        if p.pid in now and now[p.pid].start_ticks == p.start_ticks and now[p.pid].state != "Z"
-    ]
 
 
 @dataclass
@@ -159,15 +117,15 @@ def killed(shop: Shop) -> Iterator[Killed]:
             assert run.poll() is None, "".join(lines)[-3000:]
             assert time.monotonic() < deadline, "the run never started loading"
             time.sleep(0.2)
-        left = [p for p in _processes().values() if p.pgrp == run.pid and p.pid != run.pid]
+        left = [p for p in processes().values() if p.pgrp == run.pid and p.pid != run.pid]
         run.send_signal(signal.SIGKILL)
         run.wait()
         journal = [json.loads(path.read_text()) for path in shop.journal()]
         killed_at = datetime.now(UTC)
         deadline = time.monotonic() + 15
-        while _living(left) and time.monotonic() < deadline:
+        while living(left) and time.monotonic() < deadline:
             time.sleep(0.2)
-        survivors = _living(left)
+        survivors = living(left)
         reader.join(timeout=10)
         yield Killed(run.pid, journal, left, survivors, killed_at, "".join(lines))
     finally:
