@@ -7,8 +7,6 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from uuid import uuid4
 
@@ -17,35 +15,11 @@ import pytest
 
 from ingestion.drift import SchemaChange
 from ingestion.pipeline import SourceLoad, TableLoad
+from tests.readers import held_connection
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.report import RunReport
 from tributary.runs import RunJournal, flush
 from tributary.settings import PROJECT_ROOT, Settings
-
-
-@contextmanager
-def reader(warehouse: Path) -> Iterator[None]:
-    """Another process holding a read-only connection to the warehouse, as a BI tool does."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, duckdb\n"
-            f"connection = duckdb.connect({str(warehouse)!r}, read_only=True)\n"
-            "print('reading', flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        assert process.stdout.readline() == "reading\n"
-        yield
-    finally:
-        process.stdin.close()
-        process.wait(timeout=30)
 
 
 @pytest.fixture
@@ -82,7 +56,7 @@ def test_final_rows_wait_in_the_journal_while_the_warehouse_is_held(
         ),
     )
     journal = RunJournal.open(settings, flow_run_id="run-1", flow_name="elt", deployment=None)
-    with reader(settings.warehouse):
+    with held_connection(settings.warehouse):
         assert journal.finish("failed", "dbt build: 1 test failed", report) == []
     assert (
         "Could not write this run to ops.pipeline_runs (WarehouseBusy: TRIBUTARY_WAREHOUSE_PATH: "
@@ -128,7 +102,7 @@ def test_a_running_run_is_left_alone_and_other_warehouses_are_not_ours(
     other = settings.model_copy(update={"warehouse_path": tmp_path / "other.duckdb"})
     elsewhere = RunJournal.open(other, flow_run_id="run-3", flow_name="dbt", deployment=None)
     duckdb.connect(str(other.warehouse)).close()
-    with reader(other.warehouse):  # its history stays in the journal
+    with held_connection(other.warehouse):  # its history stays in the journal
         elsewhere.finish("completed", None, RunReport(warehouse=other.warehouse))
     assert flush(settings, found_by="run-2") == []  # run-1 holds its lock; run-3 is not ours
     assert sorted(p.name for p in settings.runs_dir.glob("*.json")) == ["run-1.json", "run-3.json"]
