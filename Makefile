@@ -60,11 +60,13 @@ docs: setup
 docs-build: setup
 	$(VENV)/bin/python -m tributary.docs --no-serve
 
-# Not part of CI: PostgreSQL → DuckDB against the COPY limit and dlt's default backend.
-# BENCH_ARGS="--rows 5000000" for the large run.
+# Not part of CI: PostgreSQL → DuckDB against the COPY limit and dlt's default backend, then
+# dbt inside a flow against a plain dbt build. BENCH_ARGS="--rows 5000000" for the large load
+# run; DBT_BENCH_ARGS="--repeats 5" for the dbt one.
 bench: setup
 	$(UV) sync --frozen --quiet --compile-bytecode --group bench
 	$(VENV)/bin/python -m bench.sql_to_duckdb $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench.dbt_in_flow $(DBT_BENCH_ARGS)
 
 # Not part of CI (tests/faults/test_sample.py is its sample there): break real runs on purpose
 # and check nothing was lost. FAULTS_ARGS="--kills 20 --backend sqlite", "--only api-429", ...
