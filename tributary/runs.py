@@ -262,6 +262,8 @@ def flush(settings: Settings, *, found_by: str) -> list[RunRow]:
             continue
         if entry.status == "running":
             entry = _crashed(settings, path, entry, found_by)
+        elif _held(settings, entry.flow_run_id):
+            continue  # its run is writing this history itself right now (``finish``)
         if entry is not None and entry.final is not None:
             ended.append((path, entry.final))
     if not ended:
@@ -276,6 +278,17 @@ def flush(settings: Settings, *, found_by: str) -> list[RunRow]:
         ", ".join(f"{row.flow_name} {row.flow_run_id} {row.status}" for row in rows),
     )
     return rows
+
+
+def _held(settings: Settings, flow_run_id: str) -> bool:
+    """Whether the run still holds its journal's lock: alive, and not done with its journal
+    (``finish`` marks the entry final, then writes it to ops, then lets go)."""
+    _, lock_path = _paths(settings, flow_run_id)
+    lock = _try_lock(lock_path, create=False)
+    if lock is None:
+        return lock_path.exists()  # gone: its run let go of it
+    os.close(lock)  # a lock nobody holds: its run died before letting go
+    return False
 
 
 def _crashed(

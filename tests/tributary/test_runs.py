@@ -18,7 +18,7 @@ from ingestion.pipeline import SourceLoad, TableLoad
 from tests.readers import held_connection
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.report import RunReport
-from tributary.runs import RunJournal, flush
+from tributary.runs import RunJournal, _write, flush
 from tributary.settings import PROJECT_ROOT, Settings
 
 
@@ -109,6 +109,24 @@ def test_a_running_run_is_left_alone_and_other_warehouses_are_not_ours(
     running.finish("completed", None, RunReport(warehouse=settings.warehouse))
     [row] = flush(other, found_by="run-2")
     assert (row.flow_run_id, row.flow_name, row.status) == ("run-3", "dbt", "completed")
+
+
+def test_a_run_writing_its_own_history_is_left_to_it(settings: Settings) -> None:
+    """Another run's flush found this run's journal already final while this run was writing
+    it to ops: it wrote and removed the file, and this run then failed on the missing file
+    (`FileNotFoundError` from `finish`; two overlapping deployment runs, one CI run)."""
+    journal = RunJournal.open(settings, flow_run_id="run-1", flow_name="elt", deployment=None)
+    report = RunReport(warehouse=settings.warehouse)
+    final = journal._row("completed", None, report)
+    journal.entry = journal.entry.model_copy(update={"status": "completed", "final": final})
+    _write(journal.path, journal.entry)  # as `finish` leaves it before it writes ops
+    assert flush(settings, found_by="run-2") == []
+    assert journal.path.exists()
+    journal.finish("completed", None, report)
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        runs = warehouse.sql("select flow_run_id, status from ops.pipeline_runs").fetchall()
+    assert runs == [("run-1", "completed")]
+    assert list(settings.runs_dir.iterdir()) == []
 
 
 def test_an_unreadable_journal_file_is_skipped_and_said(
