@@ -56,7 +56,7 @@ class DbtBuildParameters(BaseModel):
 @flow(name="dbt", log_prints=True, timeout_seconds=2 * 3600, on_failure=[notify_failure])
 def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     """`dbt build` against the warehouse, holding the warehouse lock; reports every node and
-    publishes what a passing build made."""
+    publishes what a passing build made. ``target: dev``: into an analyst's dev warehouse."""
     params = params or DbtBuildParameters()
     settings = get_settings()
     if params.target == "dev":
