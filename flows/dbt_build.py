@@ -20,7 +20,7 @@ from flows.publish import publish_marts, say_not_published
 from tributary import dev
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
 from tributary.report import RunReport
-from tributary.runs import begin_run, guard_local_server
+from tributary.runs import begin_run, local_run
 from tributary.settings import Settings, get_settings
 
 
@@ -123,16 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--analyst", help="--target dev: whose dev warehouse (default $USER)")
     args = parser.parse_args(argv)
-    guard_local_server()
-    build(
-        DbtBuildParameters(
-            select=args.select,
-            exclude=args.exclude,
-            full_refresh=args.full_refresh,
-            target=args.target,
-            analyst=args.analyst,
-        )
+    params = DbtBuildParameters(
+        select=args.select,
+        exclude=args.exclude,
+        full_refresh=args.full_refresh,
+        target=args.target,
+        analyst=args.analyst,
     )
+    with local_run(get_settings(), "dbt"):
+        build(params)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumable
 from tributary.errors import retry_if_transient
 from tributary.report import RunReport
-from tributary.runs import begin_run, guard_local_server, journaled_load_ids
+from tributary.runs import begin_run, journaled_load_ids, local_run
 from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
 
 
@@ -329,5 +329,5 @@ def elt(params: EltParameters | None = None) -> RunReport:
 
 
 if __name__ == "__main__":
-    guard_local_server()
-    elt()
+    with local_run(get_settings(), "elt"):
+        elt()

@@ -121,10 +121,9 @@ def demo(
     from demo.generate import generate
     from demo.simulate import simulate
     from flows.elt import elt
-    from tributary.runs import guard_local_server
+    from tributary.runs import local_run
     from tributary.settings import get_settings
 
-    guard_local_server()
     settings = get_settings()
     shop_url = paths.shop_url(settings)
     if not paths.shop_exists(settings):
@@ -140,7 +139,8 @@ def demo(
         os.environ["TRIBUTARY_FX_API_URL"] = base_url
         get_settings.cache_clear()
         console.print(f"Sample payments API on {base_url}; running the `elt` flow …")
-        state = elt(return_state=True)
+        with local_run(get_settings(), "elt"):
+            state = elt(return_state=True)
         report = state.result()
     _settle(state.state_details.flow_run_id)
     _print_summary(report)
@@ -245,8 +245,8 @@ def run(
     from pydantic import ValidationError
 
     from flows.elt import EltParameters, elt
-    from tributary.runs import guard_local_server
-    from tributary.settings import ConfigurationError
+    from tributary.runs import local_run
+    from tributary.settings import ConfigurationError, get_settings
 
     try:
         params = EltParameters(
@@ -257,8 +257,8 @@ def run(
     except (ValidationError, ConfigurationError) as exc:
         typer.echo(f"tributary run: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    guard_local_server()
-    state = elt(params, return_state=True)
+    with local_run(get_settings(), "elt"):
+        state = elt(params, return_state=True)
     _settle(state.state_details.flow_run_id)
     if not state.is_completed():
         typer.echo(f"The run failed: {state.message}", err=True)

@@ -4,6 +4,7 @@ reader (another process) holds the warehouse, and the next flush writes them exa
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -12,13 +13,17 @@ from uuid import uuid4
 
 import duckdb
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.objects import StateType
+from prefect.settings import PREFECT_API_URL
 
 from ingestion.drift import SchemaChange
 from ingestion.pipeline import SourceLoad, TableLoad
 from tests.readers import held_connection
 from tributary.dbt import DbtSummary, NodeResult
 from tributary.report import RunReport
-from tributary.runs import RunJournal, _write, flush
+from tributary.runs import START_TAG, RunJournal, _write, flush
 from tributary.settings import PROJECT_ROOT, Settings
 
 
@@ -185,3 +190,56 @@ def test_a_killed_run_is_written_with_what_it_had_loaded(
         (flow_run_id, "customers", ["1767.1", "1767.2"], 4, 0, 0),
         (flow_run_id, "orders", ["1767.1", "1767.2"], 7, 3, 2),
     ]
+
+
+def test_a_run_killed_before_its_journal_existed_is_recorded_as_crashed(
+    settings: Settings, prefect_server: None
+) -> None:
+    """Prefect marks a flow run RUNNING before the flow's first line writes its journal; a
+    process SIGKILLed in between left the run RUNNING for ever and out of the history (the
+    fault suite: 2 of 60 kills of the main process). Here the flow never writes one."""
+    killed = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time\n"
+            "from prefect import flow\n"
+            "from tributary.runs import local_run\n"
+            "from tributary.settings import Settings\n"
+            "@flow(name='elt')\n"
+            "def stuck() -> None:\n"
+            "    print('running', flush=True)\n"
+            "    time.sleep(600)\n"
+            f"with local_run(Settings(data_dir={str(settings.data_dir)!r}), 'elt'):\n"
+            "    stuck()\n",
+        ],
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None and killed.stdout.readline() == "running\n"
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    [marker] = settings.runs_dir.glob("*.start")
+    with get_client(sync_client=True) as client:
+        [flow_run] = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[f"{START_TAG}{marker.stem}"])
+            )
+        )
+        assert flow_run.state is not None and flow_run.state.type == StateType.RUNNING
+
+    [row] = flush(settings, found_by="run-2")
+    assert (row.flow_run_id, row.flow_name, row.status) == (str(flow_run.id), "elt", "crashed")
+    assert f"process {killed.pid} ended without finishing the run" in (row.error or "")
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+        assert state is not None and state.type == StateType.CRASHED
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        runs = warehouse.sql("select flow_run_id, status from ops.pipeline_runs").fetchall()
+    assert runs == [(str(flow_run.id), "crashed")]
+    assert list(settings.runs_dir.iterdir()) == []
+    assert flush(settings, found_by="run-3") == []
