@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         target=args.target,
         analyst=args.analyst,
     )
-    with local_run(get_settings(), "dbt"):
+    with local_run("dbt"):
         build(params)
 
 

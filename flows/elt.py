@@ -329,5 +329,5 @@ def elt(params: EltParameters | None = None) -> RunReport:
 
 
 if __name__ == "__main__":
-    with local_run(get_settings(), "elt"):
+    with local_run("elt"):
         elt()

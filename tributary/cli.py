@@ -139,7 +139,7 @@ def demo(
         os.environ["TRIBUTARY_FX_API_URL"] = base_url
         get_settings.cache_clear()
         console.print(f"Sample payments API on {base_url}; running the `elt` flow …")
-        with local_run(get_settings(), "elt"):
+        with local_run("elt"):
             state = elt(return_state=True)
         report = state.result()
     _settle(state.state_details.flow_run_id)
@@ -246,7 +246,7 @@ def run(
 
     from flows.elt import EltParameters, elt
     from tributary.runs import local_run
-    from tributary.settings import ConfigurationError, get_settings
+    from tributary.settings import ConfigurationError
 
     try:
         params = EltParameters(
@@ -257,7 +257,7 @@ def run(
     except (ValidationError, ConfigurationError) as exc:
         typer.echo(f"tributary run: {exc}", err=True)
         raise typer.Exit(code=2) from None
-    with local_run(get_settings(), "elt"):
+    with local_run("elt"):
         state = elt(params, return_state=True)
     _settle(state.state_details.flow_run_id)
     if not state.is_completed():

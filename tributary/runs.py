@@ -46,7 +46,7 @@ from tributary.lock import server_configured
 from tributary.notify import notify, run_logger
 from tributary.ops import RunRow, run_row, write_runs
 from tributary.report import Freshness, RunReport
-from tributary.settings import Settings
+from tributary.settings import ConfigurationError, Settings, get_settings
 
 HEARTBEAT_SECONDS = 15
 Status = Literal["running", "completed", "failed", "crashed"]
@@ -400,7 +400,7 @@ def _marker_paths(settings: Settings, token: str) -> tuple[Path, Path]:
 
 
 @contextmanager
-def local_run(settings: Settings, flow_name: str) -> Iterator[None]:
+def local_run(flow_name: str) -> Iterator[None]:
     """Around a flow called from this process (``python -m flows.elt``, ``tributary run``,
     ``tributary demo``): its temporary Prefect server dies with it (``guard_local_server``),
     and a start marker, locked while this process lives, names a tag the flow run carries.
@@ -408,8 +408,18 @@ def local_run(settings: Settings, flow_name: str) -> Iterator[None]:
     Prefect marks the run RUNNING before the flow's first line writes its journal
     (``begin_run``); a process killed in between left a run RUNNING for ever with no history
     (the fault suite found it in 2 of 60 kills of the main process). The next run's flush
-    finds such runs by the tag of a marker nobody holds and records them as crashed."""
+    finds such runs by the tag of a marker nobody holds and records them as crashed.
+
+    With settings that do not validate there is no marker: the flow fails on them itself,
+    naming the setting, in a run Prefect records."""
     guard_local_server()
+    try:
+        settings: Settings | None = get_settings()
+    except ConfigurationError:
+        settings = None
+    if settings is None:
+        yield
+        return
     settings.runs_dir.mkdir(parents=True, exist_ok=True)
     marker = StartMarker(
         token=uuid4().hex,

@@ -205,16 +205,19 @@ def test_a_run_killed_before_its_journal_existed_is_recorded_as_crashed(
             "import time\n"
             "from prefect import flow\n"
             "from tributary.runs import local_run\n"
-            "from tributary.settings import Settings\n"
             "@flow(name='elt')\n"
             "def stuck() -> None:\n"
             "    print('running', flush=True)\n"
             "    time.sleep(600)\n"
-            f"with local_run(Settings(data_dir={str(settings.data_dir)!r}), 'elt'):\n"
+            "with local_run('elt'):\n"
             "    stuck()\n",
         ],
         cwd=PROJECT_ROOT,
-        env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()},
+        env={
+            **os.environ,
+            "PREFECT_API_URL": PREFECT_API_URL.value(),
+            "TRIBUTARY_DATA_DIR": str(settings.data_dir),
+        },
         stdout=subprocess.PIPE,
         text=True,
     )
