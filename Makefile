@@ -45,7 +45,8 @@ test: lint
 SERVER_TESTS := \
 	tests/flows/test_elt_failures.py::test_wrong_token_fails_at_once_and_notifies \
 	tests/flows/test_source_selection.py::test_a_source_without_models_loads_and_reports \
-	tests/tributary/test_runs.py::test_a_killed_run_is_written_with_what_it_had_loaded
+	tests/tributary/test_runs.py::test_a_killed_run_is_written_with_what_it_had_loaded \
+	tests/tributary/test_runs.py::test_a_run_killed_before_its_journal_existed_is_recorded_as_crashed
 LOAD_TESTS := $(addprefix tests/ingestion/test_,drift.py guards.py killed_report.py \
 	own_database.py rest_sources.py shop.py)
 test-fast: lint
