@@ -144,6 +144,24 @@ def test_an_unreadable_journal_file_is_skipped_and_said(
     assert "torn.json cannot be read, skipped" in caplog.text
 
 
+def _killed_once_it_says(script: str, line: str, env: dict[str, str] | None = None) -> int:
+    """Run ``script`` in another Python process, SIGKILL it as soon as it prints ``line``;
+    returns its PID."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline() == f"{line}\n"
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    return process.pid
+
+
 def test_a_killed_run_is_written_with_what_it_had_loaded(
     settings: Settings, prefect_server: None
 ) -> None:
@@ -151,31 +169,20 @@ def test_a_killed_run_is_written_with_what_it_had_loaded(
     reached ops.table_loads, so the counts there no longer added up to the raw tables (found
     by the fault suite, tests/faults)."""
     flow_run_id = str(uuid4())
-    killed = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\n"
-            "from tests.tributary.test_runs import REPORT_LOADS\n"
-            "from tributary.report import RunReport\n"
-            "from tributary.runs import RunJournal\n"
-            "from tributary.settings import Settings\n"
-            f"settings = Settings(data_dir={str(settings.data_dir)!r})\n"
-            f"journal = RunJournal.open(settings, flow_run_id={flow_run_id!r}, "
-            "flow_name='elt', deployment=None)\n"
-            "journal.record(RunReport(warehouse=settings.warehouse, loads=REPORT_LOADS))\n"
-            "print('loaded', flush=True)\n"
-            "time.sleep(600)\n",
-        ],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
+    _killed_once_it_says(
+        "import sys, time\n"
+        "from tests.tributary.test_runs import REPORT_LOADS\n"
+        "from tributary.report import RunReport\n"
+        "from tributary.runs import RunJournal\n"
+        "from tributary.settings import Settings\n"
+        f"settings = Settings(data_dir={str(settings.data_dir)!r})\n"
+        f"journal = RunJournal.open(settings, flow_run_id={flow_run_id!r}, "
+        "flow_name='elt', deployment=None)\n"
+        "journal.record(RunReport(warehouse=settings.warehouse, loads=REPORT_LOADS))\n"
+        "print('loaded', flush=True)\n"
+        "time.sleep(600)\n",
+        "loaded",
     )
-    try:
-        assert killed.stdout is not None and killed.stdout.readline() == "loaded\n"
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
 
     [row] = flush(settings, found_by="run-2")
     assert (row.flow_run_id, row.status, row.rows_loaded) == (flow_run_id, "crashed", 16)
@@ -198,34 +205,23 @@ def test_a_run_killed_before_its_journal_existed_is_recorded_as_crashed(
     """Prefect marks a flow run RUNNING before the flow's first line writes its journal; a
     process SIGKILLed in between left the run RUNNING for ever and out of the history (the
     fault suite: 2 of 60 kills of the main process). Here the flow never writes one."""
-    killed = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import time\n"
-            "from prefect import flow\n"
-            "from tributary.runs import local_run\n"
-            "@flow(name='elt')\n"
-            "def stuck() -> None:\n"
-            "    print('running', flush=True)\n"
-            "    time.sleep(600)\n"
-            "with local_run('elt'):\n"
-            "    stuck()\n",
-        ],
-        cwd=PROJECT_ROOT,
+    pid = _killed_once_it_says(
+        "import time\n"
+        "from prefect import flow\n"
+        "from tributary.runs import local_run\n"
+        "@flow(name='elt')\n"
+        "def stuck() -> None:\n"
+        "    print('running', flush=True)\n"
+        "    time.sleep(600)\n"
+        "with local_run('elt'):\n"
+        "    stuck()\n",
+        "running",
         env={
             **os.environ,
             "PREFECT_API_URL": PREFECT_API_URL.value(),
             "TRIBUTARY_DATA_DIR": str(settings.data_dir),
         },
-        stdout=subprocess.PIPE,
-        text=True,
     )
-    try:
-        assert killed.stdout is not None and killed.stdout.readline() == "running\n"
-    finally:
-        killed.send_signal(signal.SIGKILL)
-        killed.wait()
     [marker] = settings.runs_dir.glob("*.start")
     with get_client(sync_client=True) as client:
         [flow_run] = client.read_flow_runs(
@@ -237,7 +233,7 @@ def test_a_run_killed_before_its_journal_existed_is_recorded_as_crashed(
 
     [row] = flush(settings, found_by="run-2")
     assert (row.flow_run_id, row.flow_name, row.status) == (str(flow_run.id), "elt", "crashed")
-    assert f"process {killed.pid} ended without finishing the run" in (row.error or "")
+    assert f"process {pid} ended without finishing the run" in (row.error or "")
     with get_client(sync_client=True) as client:
         state = client.read_flow_run(flow_run.id).state
         assert state is not None and state.type == StateType.CRASHED
