@@ -272,7 +272,7 @@ def flush(settings: Settings, *, found_by: str) -> list[RunRow]:
             continue
         if entry.status == "running":
             entry = _crashed(settings, path, entry, found_by)
-        elif _held(settings, entry.flow_run_id):
+        elif _held(_paths(settings, entry.flow_run_id)[1]):
             continue  # its run is writing this history itself right now (``finish``)
         if entry is not None and entry.final is not None:
             ended.append((path, entry.final))
@@ -290,10 +290,9 @@ def flush(settings: Settings, *, found_by: str) -> list[RunRow]:
     return rows
 
 
-def _held(settings: Settings, flow_run_id: str) -> bool:
-    """Whether the run still holds its journal's lock: alive, and not done with its journal
-    (``finish`` marks the entry final, then writes it to ops, then lets go)."""
-    _, lock_path = _paths(settings, flow_run_id)
+def _held(lock_path: Path) -> bool:
+    """Whether a live process holds this lock: a run not done with its journal (``finish``
+    marks the entry final, then writes it to ops, then lets go), or with its start marker."""
     lock = _try_lock(lock_path, create=False)
     if lock is None:
         return lock_path.exists()  # gone: its run let go of it
@@ -450,57 +449,57 @@ def _journal_unjournaled_starts(settings: Settings) -> None:
         lock = _try_lock(lock_path, create=False)
         if lock is None and lock_path.exists():
             continue  # its process lives
-        try:
-            marker = StartMarker.model_validate_json(path.read_text())
-        except (OSError, ValidationError):
-            marker = None
-        if marker is None or marker.warehouse != str(settings.warehouse):
+        try:  # holding its lock: one flush at a time takes a marker
+            if _journal_start(settings, path):
+                path.unlink(missing_ok=True)
+                lock_path.unlink(missing_ok=True)
+        finally:
             if lock is not None:
                 os.close(lock)
-            continue
-        try:
-            with get_client(sync_client=True) as client:
-                started = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        tags=FlowRunFilterTags(all_=[START_TAG + marker.token]),
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-                        ),
-                    )
+
+
+def _journal_start(settings: Settings, path: Path) -> bool:
+    """Journal the started, unjournaled runs of a dead process's start marker; False when the
+    marker is not this warehouse's, or cannot be read or looked up now (it stays)."""
+    try:
+        marker = StartMarker.model_validate_json(path.read_text())
+    except (OSError, ValidationError):
+        return False
+    if marker.warehouse != str(settings.warehouse):
+        return False
+    try:
+        with get_client(sync_client=True) as client:
+            started = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[START_TAG + marker.token]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
+                    ),
                 )
-        except Exception as exc:  # the marker stays for the next run
-            run_logger().warning("Could not read the runs of start marker %s: %s", path, exc)
-            if lock is not None:
-                os.close(lock)
-            continue
-        try:
-            recorded = _recorded(settings, [str(flow_run.id) for flow_run in started])
-        except Exception as exc:  # e.g. a writer holds the warehouse: the next run looks again
-            run_logger().warning("Could not read ops.pipeline_runs for %s: %s", path, exc)
-            if lock is not None:
-                os.close(lock)
-            continue
-        for flow_run in started:
-            journal, run_lock = _paths(settings, str(flow_run.id))
-            if journal.exists() or str(flow_run.id) in recorded:
-                continue  # begin_run wrote it (flush takes it from there), or it finished
-            began = flow_run.start_time or marker.started_at
-            run_lock.touch()
-            _write(
-                journal,
-                JournalEntry(
-                    flow_run_id=str(flow_run.id),
-                    flow_name=marker.flow_name,
-                    deployment=None,
-                    warehouse=marker.warehouse,
-                    pid=marker.pid,
-                    started_at=began,
-                ),
             )
-            os.utime(journal, (began.timestamp(), began.timestamp()))  # last seen: its start
-        path.unlink(missing_ok=True)
-        if lock is not None:
-            _unlock(lock_path, lock)
+        recorded = _recorded(settings, [str(flow_run.id) for flow_run in started])
+    except Exception as exc:  # Prefect or the warehouse unreadable: the next run looks again
+        run_logger().warning("Could not look up the runs of start marker %s: %s", path, exc)
+        return False
+    for flow_run in started:
+        journal, run_lock = _paths(settings, str(flow_run.id))
+        if journal.exists() or str(flow_run.id) in recorded:
+            continue  # begin_run wrote it (flush takes it from there), or it finished
+        began = flow_run.start_time or marker.started_at
+        run_lock.touch()
+        _write(
+            journal,
+            JournalEntry(
+                flow_run_id=str(flow_run.id),
+                flow_name=marker.flow_name,
+                deployment=None,
+                warehouse=marker.warehouse,
+                pid=marker.pid,
+                started_at=began,
+            ),
+        )
+        os.utime(journal, (began.timestamp(), began.timestamp()))  # last seen: its start
+    return True
 
 
 def _recorded(settings: Settings, flow_run_ids: list[str]) -> set[str]:
