@@ -235,10 +235,9 @@ class _NodeThreads(NodeTaskTracker):
         comes first), so the console says ``Task run 'model fct_orders'``, not ``None``."""
         logger = super().get_task_logger(node_id, flow_run, flow, **kwargs)
         if logger.extra is not None and logger.extra.get("task_run_name") is None:
+            # <kind>.<project>.<name>[.<hash>]; unit tests <kind>.<project>.<model>.<name>
             kind, _, rest = node_id.partition(".")
-            parts = rest.split(
-                "."
-            )  # <project>.<name>[.<hash>], unit tests <project>.<model>.<name>
+            parts = rest.split(".")
             name = parts[2] if kind == "unit_test" and len(parts) > 2 else parts[1]
             logger.extra = {**logger.extra, "task_run_name": f"{kind} {name}"}
         return logger
