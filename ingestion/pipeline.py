@@ -7,7 +7,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -843,15 +843,68 @@ def load_source(
     after the rest has loaded. Each raises ``GuardError`` naming the table.
 
     Extraction runs outside the warehouse lock, so sources extract while another writes; the
-    load holds it. Packages an interrupted earlier attempt left pending are loaded first and
-    nothing new is extracted (as ``dlt.Pipeline.run`` does), so a retry finishes the work
-    instead of repeating it.
+    load holds it. Packages an interrupted earlier attempt left pending are loaded first (a
+    retry finishes that work instead of repeating it), then the source is read again for what
+    changed since — unlike ``dlt.Pipeline.run``, which stops after the pending packages: a run
+    that says it completed holds the source as it was when the run began. The result counts
+    both loads, each once.
 
     ``history`` is for a caller that writes each result to ``ops.table_loads``: it returns
     the load ids of results reported but not yet written there. Given it, the loads an earlier
     run made and never reported (killed between its load and its report) are counted in this
     result (``SourceLoad.carried``), once.
     """
+    options: dict[str, Any] = {
+        "full_refresh": full_refresh,
+        "refresh_tables": refresh_tables,
+        "window": window,
+        "reconcile_deletes": reconcile_deletes,
+        "confirm_deletes": confirm_deletes,
+        "history": history,
+    }
+    first = _load_pass(source, settings, **options)
+    if not first.resumed:
+        return first
+    # The pending packages are loaded; now what the source did since the run that left them.
+    return _after_resume(first, _load_pass(source, settings, **options), history is not None)
+
+
+def _after_resume(first: SourceLoad, second: SourceLoad, ledgered: bool) -> SourceLoad:
+    """One result for a run that loaded an earlier run's pending packages (``first``) and then
+    what changed since (``second``). With a ledger (``history``), ``second`` already counts
+    ``first`` — its counts went through the ledger of loads not yet reported, so a kill
+    between the two passes loses none of them — and only its carried loads change: the first
+    pass's own loads are this run's, not an earlier one's. Without one, the two add up."""
+    own_first = [load_id for load_id in first.load_ids if load_id not in first.carried]
+    if ledgered:
+        tables, load_ids = second.tables, second.load_ids
+        carried = [load_id for load_id in second.carried if load_id not in own_first]
+    else:
+        tables = _carry(second.tables, [{"tables": [asdict(t) for t in first.tables]}])
+        load_ids, carried = first.load_ids + second.load_ids, []
+    return replace(
+        second,
+        load_ids=load_ids,
+        tables=tables,
+        resumed=True,
+        quarantined=first.quarantined + second.quarantined,
+        carried=carried,
+    )
+
+
+def _load_pass(
+    source: str,
+    settings: Settings,
+    *,
+    full_refresh: bool,
+    refresh_tables: Sequence[str],
+    window: tuple[str, str] | None,
+    reconcile_deletes: bool | None,
+    confirm_deletes: bool,
+    history: Callable[[], Collection[str]] | None,
+) -> SourceLoad:
+    """``load_source``'s one pass: the pending packages if any (``SourceLoad.resumed``), else
+    a new extract, normalise and load."""
     registry.check_names(settings.schema_contract, settings, "TRIBUTARY_SCHEMA_CONTRACT")
     # Tables read whole from PostgreSQL: dlt reads their newest rows, the rest streams in after.
     bulk_tables: set[str] = set()

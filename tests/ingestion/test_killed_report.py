@@ -21,7 +21,7 @@ import duckdb
 import pytest
 import yaml
 
-from ingestion.pipeline import run_source
+from ingestion.pipeline import make_pipeline, run_source
 from ingestion.results import SourceLoad
 from tributary.ops import run_row, write_runs
 from tributary.report import RunReport
@@ -49,6 +49,18 @@ if point == "load":
     dlt.Pipeline.load = killed_after(dlt.Pipeline.load)
 elif point == "deletes":
     pipeline.delete_missing = killed_after(pipeline.delete_missing)
+elif point == "normalize":  # its package extracted and normalised, not loaded
+    dlt.Pipeline.normalize = killed_after(dlt.Pipeline.normalize)
+elif point == "resumed":  # an earlier run's package loaded, the changes since not yet read
+    load_pass = pipeline._load_pass
+
+    def resumed_then_killed(*args, **kwargs):
+        result = load_pass(*args, **kwargs)
+        if result.resumed:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    pipeline._load_pass = resumed_then_killed
 pipeline.run_source(
     "things", Settings(data_dir=data_dir, sources_file=sources_file), history=lambda: ()
 )
@@ -99,6 +111,32 @@ def _change(database: Path) -> None:
             [_at(1, 59)],
         )
         connection.execute("delete from items where id in (10, 11, 12, 13)")
+
+
+def _change_again(database: Path) -> None:
+    """2 new rows, 2 updated, 2 deleted: none of them a row `_change` touched."""
+    with sqlite3.connect(database) as connection:
+        connection.executemany(
+            "insert into items values (?, ?, ?)",
+            [(i, f"item {i}", _at(2, i)) for i in range(ROWS + 7, ROWS + 9)],
+        )
+        connection.execute(
+            "update items set label = label || ' (again)', updated_at = ? where id in (20, 21)",
+            [_at(2, 59)],
+        )
+        connection.execute("delete from items where id in (30, 31)")
+
+
+def _kill(settings: Settings, point: str) -> None:
+    """A run of the source that SIGKILLs itself right after ``point``."""
+    arguments = [str(settings.data_dir), str(settings.sources_file), point]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, *arguments],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
 
 
 def _report(settings: Settings, name: str, load: SourceLoad) -> None:
@@ -152,14 +190,7 @@ def test_a_run_killed_after_its_load_is_counted_by_the_next(point: str, tmp_path
     _report(settings, "run-1", first)
     _change(database)
 
-    arguments = [str(settings.data_dir), str(settings.sources_file), point]
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN, *arguments],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    _kill(settings, point)
 
     after = _run(settings)
     assert after.carried, "the killed run's load is not carried"
@@ -202,3 +233,40 @@ def test_without_history_nothing_is_carried(tmp_path: Path) -> None:
     second = run_source("things", settings)
     assert (second.carried, _counts(second)) == ([], (6, 3, 4))
     assert not list(settings.pipelines_dir.glob("*.unreported.json"))
+
+
+@pytest.mark.parametrize("recovery", ["whole", "killed between its passes"])
+def test_the_run_that_loads_a_killed_runs_package_reads_what_changed_since(
+    recovery: str, tmp_path: Path
+) -> None:
+    """Found by the fault suite (a kill of the process group 12 s into an incremental run on
+    PostgreSQL, after normalise and before load; the shop moved on; one recovery run): the
+    recovery loaded only the pending package, like ``dlt.Pipeline.run``, and Completed with
+    the source's later changes unread — rows lost and rows the source had deleted still in
+    raw. Now the same run reads what changed since; killed between the two, the next run
+    counts the loaded package once."""
+    database, settings = _source(tmp_path)
+    first = _run(settings)
+    _report(settings, "run-1", first)
+    _change(database)
+    _kill(settings, "normalize")
+    assert make_pipeline("things", settings).has_pending_data
+    _change_again(database)
+    if recovery == "killed between its passes":
+        _kill(settings, "resumed")
+        assert not make_pipeline("things", settings).has_pending_data
+
+    after = _run(settings)
+    if recovery == "whole":
+        assert after.resumed
+        assert after.carried == []
+    else:
+        assert not after.resumed
+        assert after.carried, "the package the killed recovery loaded is not carried"
+    # both changes, each once: 6 + 2 new, 3 + 2 updated, 4 + 2 deleted
+    assert _counts(after) == (8, 5, 6)
+    _report(settings, "run-2", after)
+    _assert_history_adds_up(settings, database)
+
+    again = _run(settings)
+    assert (again.resumed, again.carried, _counts(again)) == (False, [], (0, 0, 0))
