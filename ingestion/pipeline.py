@@ -41,6 +41,26 @@ def dataset_name(source: str) -> str:
     return f"raw_{source}"
 
 
+class _Warehouse(dlt.destinations.duckdb):  # type: ignore[misc]
+    """dlt's duckdb destination, resolving the configuration its capabilities read once per
+    pipeline instead of on every call: dlt asks for the capabilities about eight times in a run,
+    each time resolving the whole configuration against every provider — a third of a no-change
+    run. Each run makes a new pipeline, so a setting changed between runs is seen."""
+
+    _partial: Any = None
+
+    @property
+    def destination_type(self) -> str:  # dlt's own: its name, sections and state stay duckdb's
+        return "dlt.destinations.duckdb"
+
+    def configuration(self, initial_config: Any, accept_partial: bool = False) -> Any:
+        if not accept_partial:  # a client's own configuration, with its credentials
+            return super().configuration(initial_config, accept_partial)
+        if self._partial is None:  # only `capabilities` asks for a partial one, to read it
+            self._partial = super().configuration(initial_config, accept_partial=True)
+        return self._partial
+
+
 def make_pipeline(source: str, settings: Settings) -> dlt.Pipeline:
     """One pipeline per source; its local state lives under the settings' data directory so
     separate warehouses (tests, environments) never share incremental state."""
@@ -48,7 +68,7 @@ def make_pipeline(source: str, settings: Settings) -> dlt.Pipeline:
     return dlt.pipeline(
         pipeline_name=f"tributary_{source}",
         pipelines_dir=str(settings.pipelines_dir),
-        destination=dlt.destinations.duckdb(str(settings.warehouse)),
+        destination=_Warehouse(str(settings.warehouse)),
         dataset_name=dataset_name(source),
     )
 
