@@ -93,7 +93,11 @@ class DbtSummary:
 def dbt_environment(settings: Settings) -> dict[str, str]:
     """The variables ``profiles.yml`` reads, so dbt writes the warehouse dlt loaded (the
     ``prod`` target; at a shell dbt's default target is an analyst's ``dev``)."""
-    return {"TRIBUTARY_DBT_TARGET": "prod", "TRIBUTARY_WAREHOUSE_PATH": str(settings.warehouse)}
+    return {
+        "TRIBUTARY_DBT_TARGET": "prod",
+        "TRIBUTARY_WAREHOUSE_PATH": str(settings.warehouse),
+        "TRIBUTARY_DBT_THREADS": str(settings.dbt_threads),
+    }
 
 
 def release_duckdb() -> None:

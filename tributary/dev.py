@@ -58,6 +58,7 @@ def environment(settings: Settings, analyst: str | None = None) -> dict[str, str
         "TRIBUTARY_DEV_PATH": str(dev_path(settings, analyst)),
         # the link, not today's version: each dbt invocation opens the newest set
         "TRIBUTARY_PUBLISHED_PATH": str(settings.published),
+        "TRIBUTARY_DBT_THREADS": str(settings.dbt_threads),
     }
 
 

@@ -8,6 +8,7 @@ variables or ``.dlt/secrets.toml``. The sources themselves are declared in ``sou
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
         default=26,
         gt=0,
         description="Alert when no `elt` run has completed for this long (a server automation).",
+    )
+    dbt_threads: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Models dbt builds at once (its `threads`); default the machine's CPU count.",
     )
     lock_timeout_seconds: float = Field(
         default=3600, gt=0, description="How long a warehouse writer waits for another one."

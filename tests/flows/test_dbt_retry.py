@@ -3,6 +3,7 @@ only the failed test and the models it held back run again."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import duckdb
@@ -14,7 +15,7 @@ from ingestion import registry
 from ingestion.pipeline import run_source
 from tests.sourcefiles import scratch_settings
 from tributary.dbt import run_dbt_resumable
-from tributary.settings import Settings
+from tributary.settings import DBT_PROJECT_DIR, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +54,12 @@ def test_failed_build_names_the_test_and_the_retry_resumes(
     assert "stg_shop__customers" not in rerun  # built fine the first time: not rebuilt
     assert all(node.status in {"success", "pass"} for node in resumed.nodes)
 
+    # dbt builds as many models at once as the settings say (default: the machine's CPUs)
+    monkeypatch.setenv("TRIBUTARY_DBT_THREADS", "3")
+    settings = settings.model_copy(update={"dbt_threads": Settings().dbt_threads})
     full = run_dbt_resumable(["build"], settings, run_key="run-2")
     assert full.command == "build"
+    log = (DBT_PROJECT_DIR / "logs" / "dbt.log").read_text(errors="replace")
+    assert re.findall(r"Concurrency: (\d+) threads", log)[-1] == "3"
     assert len(full.nodes) > len(resumed.nodes)
     assert not (tmp_path / "dbt-retry" / "run-1.json").exists()
