@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 from dlt.common.json import json as dlt_json
 from dlt.common.pipeline import LoadInfo
 from dlt.common.schema.utils import get_root_table
+from dlt.destinations.sql_client import SqlClientBase
 from dlt.extract import DltSource
 from dlt.pipeline.exceptions import PipelineStepFailed
 from sqlalchemy.engine import URL
@@ -73,8 +75,22 @@ def make_pipeline(source: str, settings: Settings) -> dlt.Pipeline:
     )
 
 
+@contextmanager
+def _sql_client(pipeline: dlt.Pipeline, client: SqlClientBase[Any] | None) -> Iterator[Any]:
+    """``client`` if given, else a new one of the pipeline's: each new one resolves dlt's
+    destination configuration and opens a DuckDB connection, so a step reuses its own."""
+    if client is not None:
+        yield client
+    else:
+        with pipeline.sql_client() as opened:
+            yield opened
+
+
 def _count_rows(
-    pipeline: dlt.Pipeline, tables: list[str], load_ids: Sequence[str] | None = None
+    pipeline: dlt.Pipeline,
+    tables: list[str],
+    load_ids: Sequence[str] | None = None,
+    client: SqlClientBase[Any] | None = None,
 ) -> dict[str, int]:
     """Rows per table now in the warehouse, or only those these loads inserted or replaced
     (counted in the warehouse, so right for a resumed load too). A nested table (an API's
@@ -82,7 +98,7 @@ def _count_rows(
     row's. A table that does not exist yet counts 0."""
     if not tables or load_ids == []:
         return dict.fromkeys(tables, 0)
-    with pipeline.sql_client() as client:
+    with _sql_client(pipeline, client) as client:
         columns: dict[str, set[str]] = {}
         for table, column in client.execute_sql(
             "select table_name, column_name from information_schema.columns "
@@ -145,6 +161,7 @@ def _changes(
     *,
     refreshed: bool = False,
     whole: Collection[str] = (),
+    client: SqlClientBase[Any] | None = None,
 ) -> dict[str, tuple[int, int, int]]:
     """(new, updated, deleted) per table, read off the pending parquet files against the
     warehouse before they load: new keys, keys whose loaded columns differ, and flagged soft
@@ -157,7 +174,9 @@ def _changes(
     its net change of rows (new when it grew, deleted when it shrank)."""
     files = _pending_parquet(pipeline)
     changes: dict[str, tuple[int, int, int]] = {}
-    with pipeline.sql_client() as client:
+    if not files.keys() & set(tables):
+        return changes
+    with _sql_client(pipeline, client) as client:
         existing = {
             row[0]
             for row in client.execute_sql(
@@ -502,13 +521,18 @@ def _load_counts(
         if saved["load_ids"] == pending:
             changes = {table: tuple(value) for table, value in saved["changes"].items()}
             return saved["before"], changes  # type: ignore[return-value]
-    before = _count_rows(pipeline, tables)
     # A table read whole is compared with its warehouse copy, unless most of it streams in
     # after the load (``streamed``): then the package holds only its newest rows.
     whole = full_reads - set(streamed)
-    changes = _changes(
-        pipeline, [t for t in tables if t not in streamed], refreshed=fresh, whole=whole
-    )
+    with pipeline.sql_client() as client:
+        before = _count_rows(pipeline, tables, client=client)
+        changes = _changes(
+            pipeline,
+            [t for t in tables if t not in streamed],
+            refreshed=fresh,
+            whole=whole,
+            client=client,
+        )
     _write_json(
         path,
         {
@@ -693,6 +717,8 @@ def _reconcile(
     that is beyond the delete guard for any table: then nothing is deleted and the messages
     say why. The snapshots were read after extraction, so every key loaded now was in them
     unless it has since been deleted. Returns rows deleted per table, and the messages."""
+    if not snapshots:
+        return {}, []
     with pipeline.sql_client() as client:
         connection = client.native_connection
         missing = {
@@ -701,7 +727,7 @@ def _reconcile(
             )
             for snap in snapshots
         }
-        totals = _count_rows(pipeline, list(missing))
+        totals = _count_rows(pipeline, list(missing), client=client)
         stops = (
             []
             if confirmed
@@ -1080,8 +1106,9 @@ def _load_pass(
             info: LoadInfo = pipeline.load()
             if db_url:
                 _finish_bulk_plan(pipeline, db_url, plan, built.mask_salt)
-            after = _count_rows(pipeline, tables)
-            loaded = _count_rows(pipeline, tables, list(info.loads_ids))
+            with pipeline.sql_client() as client:
+                after = _count_rows(pipeline, tables, client=client)
+                loaded = _count_rows(pipeline, tables, list(info.loads_ids), client=client)
             quarantined = _flush_journal(pipeline, source, journal)
             removed, stops = _reconcile(pipeline, snapshots, settings, confirm_deletes)
             rejected: dict[str, int] = {}
