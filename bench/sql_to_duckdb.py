@@ -10,7 +10,9 @@ path runs in its own child process, which times only the load (not interpreter s
 - ``tributary``: ``run_source("shop")`` into a new warehouse, the table declared in a
   scratch sources file.
 
-Then tributary's incremental runs: after updating 1% of the rows, and with no change. One
+Then tributary's incremental runs: after updating 1% of the rows, and with no change; and its
+fixed cost: a no-change run of a one-row copy of the table (what every run of a source pays
+whatever its size: dlt's configuration, state, schema and bookkeeping, tributary's counts). One
 table of medians (wall seconds, rows/s, ratio to the limit, peak RSS of the child) is printed,
 and as the last line of output the same figures as one JSON object.
 """
@@ -51,6 +53,7 @@ LABELS = {
     "tributary_nochange": "tributary, no change",
     "tributary_1pct_keys_off": "… no key reconciliation",
     "tributary_nochange_keys_off": "… no change, no reconciliation",
+    "tributary_fixed": "tributary fixed cost (1 row)",
 }
 
 
@@ -89,6 +92,11 @@ def make_source(admin_url: str, rows: int) -> None:
         )
         connection.execute("create index ix_orders_updated_at on orders (updated_at)")
         connection.execute("vacuum analyze orders")
+        # the fixed cost's table: one row, the same declaration
+        connection.execute(
+            "create table tiny_orders (like orders including all); "
+            "insert into tiny_orders select * from orders where order_id = 1"
+        )
 
 
 def update_one_percent(admin_url: str, rows: int, round_: int) -> int:
@@ -145,7 +153,7 @@ def _run_scanner(url: str, work: Path) -> int:
         return connection.sql("select count(*) from orders").fetchone()[0]
 
 
-def _sources_file(url: str, work: Path) -> Path:
+def _sources_file(url: str, work: Path, table: str = "orders") -> Path:
     """The table declared as a team would: merged on its key, incremental on `updated_at`."""
     import yaml
 
@@ -154,20 +162,27 @@ def _sources_file(url: str, work: Path) -> Path:
         "type": "sql_database",
         "credentials": url,
         "defaults": {"mode": "merge", "cursor": "updated_at", "lag": 300},
-        "tables": {"orders": None},
+        "tables": {table: None},
     }
     path.write_text(yaml.safe_dump({"sources": {"shop": declaration}}))
     return path
 
 
-def _run_tributary(url: str, work: Path, *, reconcile_deletes: bool = True) -> int:
+def _run_tributary(
+    url: str, work: Path, *, reconcile_deletes: bool = True, table: str = "orders"
+) -> int:
     from ingestion.pipeline import run_source
     from tributary.settings import Settings
 
-    settings = Settings(data_dir=work / "tributary", sources_file=_sources_file(url, work))
+    settings = Settings(data_dir=work / "tributary", sources_file=_sources_file(url, work, table))
     load = run_source("shop", settings, reconcile_deletes=reconcile_deletes)
     [orders] = load.tables
     return orders.loaded
+
+
+def _run_tributary_tiny(url: str, work: Path) -> int:
+    """The one-row table, keys reconciled (the daily deployment's run)."""
+    return _run_tributary(url, work, table="tiny_orders")
 
 
 def _run_tributary_keys_off(url: str, work: Path) -> int:
@@ -181,6 +196,7 @@ RUNNERS = {
     "scanner": _run_scanner,
     "tributary": _run_tributary,
     "tributary_keys_off": _run_tributary_keys_off,
+    "tributary_tiny": _run_tributary_tiny,
 }
 
 
@@ -191,6 +207,7 @@ IMPORTS = {
     "scanner": ("duckdb",),
     "tributary": ("ingestion.pipeline", "tributary.settings"),
     "tributary_keys_off": ("ingestion.pipeline", "tributary.settings"),
+    "tributary_tiny": ("ingestion.pipeline", "tributary.settings"),
 }
 
 
@@ -273,6 +290,16 @@ def run(
                     f"  round {round_ + 1} {LABELS[kind]:<26} {result['seconds']:7.2f} s "
                     f"{result['rows']:>10,} rows  {result['rss_mib']:6.0f} MiB"
                 )
+        # The fixed cost: no-change runs of the one-row table, after its first load.
+        work = Path(tmp) / "tiny"
+        measure("tributary_tiny", url, work)
+        samples["tributary_fixed"] = []
+        for round_ in range(repeats):
+            result = measure("tributary_tiny", url, work)
+            samples["tributary_fixed"].append(result)
+            console.print(
+                f"  round {round_ + 1} {LABELS['tributary_fixed']:<26} {result['seconds']:7.2f} s"
+            )
     return summarise(rows, samples, changed)
 
 
