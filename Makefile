@@ -76,4 +76,5 @@ faults: setup
 	$(VENV)/bin/python -m tests.faults $(FAULTS_ARGS)
 
 clean:
+	-[ -x $(VENV)/bin/tributary ] && $(VENV)/bin/tributary demo stop
 	rm -rf data dbt_project/target dbt_project/logs

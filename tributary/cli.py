@@ -105,6 +105,24 @@ def demo_serve(
     )
 
 
+@demo_app.command("stop")
+def demo_stop() -> None:
+    """Stop the Prefect server `tributary demo` keeps running (its runs stay in its database)."""
+    from tributary import demo_server
+    from tributary.settings import get_settings
+
+    settings = get_settings()
+    server = demo_server.stop(settings)
+    if server is None:
+        console.print("The demo's Prefect server is not running.")
+        return
+    console.print(
+        f"Stopped the demo's Prefect server ({server.ui}); its database stays in "
+        f"{demo_server.folder(settings)}, and the next `tributary demo` starts it again.",
+        markup=False,
+    )
+
+
 @demo_app.callback(invoke_without_command=True)
 def demo(
     ctx: typer.Context,
@@ -116,15 +134,32 @@ def demo(
         return
     for name, value in {**PREFECT_DEFAULTS, **QUIET_DEMO}.items():
         os.environ.setdefault(name, value)
+    from tributary import demo_server
+    from tributary.commands import command
+    from tributary.settings import get_settings
+
+    settings = get_settings()
+    # Before Prefect is imported: it reads PREFECT_API_URL once, when it loads.
+    kept = "PREFECT_API_URL" not in os.environ
+    if kept:
+        server, started = demo_server.ensure(settings)
+        os.environ["PREFECT_API_URL"] = server.url
+        console.print(
+            f"{'Started' if started else 'Using'} the demo's Prefect server, {server.ui} — it "
+            "keeps running for the next demo and for you to browse; "
+            f"{command('tributary', 'demo', 'stop')} stops it"
+        )
     from demo import paths
     from demo.api import serve_in_background
     from demo.generate import generate
     from demo.simulate import simulate
     from flows.elt import elt
     from tributary.runs import local_run
-    from tributary.settings import get_settings
 
-    settings = get_settings()
+    if kept:  # its work pool and the warehouse's concurrency limit (kept when they exist)
+        from tributary.server import setup_server
+
+        setup_server(settings)
     shop_url = paths.shop_url(settings)
     if not paths.shop_exists(settings):
         console.print(f"Generating the sample shop ({orders:,} orders) at {shop_url} …")
@@ -142,10 +177,22 @@ def demo(
         with local_run("elt"):
             state = elt(return_state=True)
         report = state.result()
-    _settle(state.state_details.flow_run_id)
+    if kept:  # the server stays: it records what is sent after this process has gone
+        _drain()
+    else:
+        _settle(state.state_details.flow_run_id)
     _print_summary(report)
-    for line in next_steps():
+    for line in next_steps(server.ui if kept else None):
         console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def _drain() -> None:
+    """Send the events and logs this process still holds to the server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    EventsWorker.drain_all()
+    APILogWorker.drain_all()
 
 
 def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
@@ -158,11 +205,8 @@ def _settle(flow_run_id: UUID | None, timeout: float = 30) -> None:
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
 
-    EventsWorker.drain_all()
-    APILogWorker.drain_all()
+    _drain()
     if flow_run_id is None:
         return
     runs_of_flow = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))

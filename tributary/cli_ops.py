@@ -703,15 +703,21 @@ def query(
 # ── the end of `tributary demo` ───────────────────────────────────────────────────────────────
 
 
-def next_steps() -> list[str]:
+def next_steps(kept_server: str | None = None) -> list[str]:
     """What to do after `tributary demo`: query, runs, status, the run report, the Prefect UI,
-    dbt docs. Prefect's own settings say where its UI and its database are."""
+    dbt docs. ``kept_server``: the UI of the server the demo keeps running; else Prefect's own
+    settings say where its UI and its database are."""
     from prefect.settings import PREFECT_UI_URL, get_current_settings
 
     prefect = get_current_settings()
     report = "the Prefect artifact `elt-run-report`, beside every flow and task run"
-    ui_url = PREFECT_UI_URL.value()
-    if ui_url:  # the run reported to a long-lived server (PREFECT_API_URL)
+    ui_url = kept_server or PREFECT_UI_URL.value()
+    if kept_server:
+        where = [
+            f"{report}: {kept_server}/artifacts/key/elt-run-report",
+            f"(the demo's Prefect server keeps running: {command('tributary', 'demo', 'stop')})",
+        ]
+    elif ui_url:  # the run reported to a long-lived server (PREFECT_API_URL)
         where = [f"{report}: {ui_url}/artifacts/key/elt-run-report"]
     else:
         url = prefect.server.database.connection_url

@@ -562,3 +562,14 @@ def test_the_demo_ends_with_what_to_do_next(settings: Settings) -> None:
         "http://127.0.0.1:4200/artifacts/key/elt-run-report",
         "  dbt docs          make docs  (served on loopback)",
     ]
+
+
+def test_the_demo_names_the_server_it_keeps_and_how_to_stop_it() -> None:
+    bin_dir = Path(sys.executable).parent
+    steps = next_steps("http://127.0.0.1:4200")
+    assert steps[4:6] == [
+        "  the run report    the Prefect artifact `elt-run-report`, beside every flow and task "
+        "run: http://127.0.0.1:4200/artifacts/key/elt-run-report",
+        f"                    (the demo's Prefect server keeps running: {bin_dir / 'tributary'} "
+        "demo stop)",
+    ]
