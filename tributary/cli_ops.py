@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 import sys
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tributary.commands import command
+from tributary.orphans import pid_alive
 from tributary.settings import (
     MART_SCHEMAS,
     PUBLICATION_SCHEMA,
@@ -225,13 +225,7 @@ def _first_line(error: str | None) -> str | None:
 def _alive(pid: int) -> bool:
     """Whether a process with this id lives on this machine. A journal's lock says so for
     certain, but taking it, even for a moment, could make its run fail to start."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def _journal_entries(settings: Settings) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from tributary.orphans import pid_alive
 from tributary.settings import Settings
 
 PORT = 4200
@@ -48,16 +49,6 @@ def _record(settings: Settings) -> Path:
     return folder(settings) / "server.json"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
@@ -81,16 +72,19 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _recorded(settings: Settings) -> DemoServer | None:
+    """The server the record names (it may be gone), or None without a readable record."""
+    path = _record(settings)
+    try:
+        return DemoServer(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
 def running(settings: Settings) -> DemoServer | None:
     """The server an earlier demo left, if it still runs and answers."""
-    path = _record(settings)
-    if not path.is_file():
-        return None
-    try:
-        server = DemoServer(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
-        return None
-    if _alive(server.pid) and _healthy(server.url):
+    server = _recorded(settings)
+    if server is not None and pid_alive(server.pid) and _healthy(server.url):
         return server
     return None
 
@@ -151,13 +145,13 @@ def _stop_group(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
-    while _group_alive(pid) and time.monotonic() < deadline:
+    while _grouppid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
 
 
-def _group_alive(pid: int) -> bool:
+def _grouppid_alive(pid: int) -> bool:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)  # reaped if it is this process's child
     try:
@@ -174,23 +168,16 @@ def _is_server(pid: int) -> bool:
     try:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return _alive(pid)  # no /proc here: trust the record
+        return pid_alive(pid)  # no /proc here: trust the record
     return b"server" in argv and any(arg.endswith(b"prefect") for arg in argv)
 
 
 def stop(settings: Settings) -> DemoServer | None:
     """Stop the demo's server (its whole process group) and forget it; the one stopped, or
     None when none ran."""
-    path = _record(settings)
-    if not path.is_file():
-        return None
-    try:
-        server = DemoServer(**json.loads(path.read_text()))
-    except (ValueError, TypeError):
-        path.unlink()
-        return None
-    path.unlink()
-    if not (_alive(server.pid) and _is_server(server.pid)):
+    server = _recorded(settings)
+    _record(settings).unlink(missing_ok=True)
+    if server is None or not (pid_alive(server.pid) and _is_server(server.pid)):
         return None  # gone already: its number may be another process's now
     _stop_group(server.pid)
     return server

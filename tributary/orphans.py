@@ -77,6 +77,18 @@ def process_stat(pid: int) -> ProcessStat | None:
     )
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id lives on this machine (it may be another process than
+    the one that had the id before)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def alive(stat: ProcessStat) -> bool:
     """The process still runs: it exists, is not a zombie, and is the same process (not its PID
     reused)."""
