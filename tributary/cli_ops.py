@@ -222,12 +222,6 @@ def _first_line(error: str | None) -> str | None:
     return next((line.strip() for line in error.splitlines() if line.strip()), None)
 
 
-def _alive(pid: int) -> bool:
-    """Whether a process with this id lives on this machine. A journal's lock says so for
-    certain, but taking it, even for a moment, could make its run fail to start."""
-    return pid_alive(pid)
-
-
 def _journal_entries(settings: Settings) -> list[dict[str, Any]]:
     """The run journals of this warehouse, as JSON (``tributary.runs.JournalEntry``); a file
     removed meanwhile (its run wrote its history) or half-readable is skipped."""
@@ -254,7 +248,9 @@ def _journal_run(entry: dict[str, Any], now: datetime) -> RunLine:
     started = _time(entry.get("started_at"))
     error = row.get("error") if final else None
     finished = _time(final.get("finished_at")) if final else None
-    if final is None and not _alive(int(entry.get("pid", 0))):
+    # The pid, not the journal's lock: taking the lock, even for a moment, could make its run
+    # fail to start.
+    if final is None and not pid_alive(int(entry.get("pid", 0))):
         status = "crashed"
         error = f"process {entry.get('pid')} is gone; the next run records this run as crashed"
     end = finished or now
@@ -705,7 +701,7 @@ def next_steps(kept_server: str | None = None) -> list[str]:
 
     prefect = get_current_settings()
     report = "the Prefect artifact `elt-run-report`, beside every flow and task run"
-    ui_url = kept_server or PREFECT_UI_URL.value()
+    ui_url = PREFECT_UI_URL.value()
     if kept_server:
         where = [
             f"{report}: {kept_server}/artifacts/key/elt-run-report",
