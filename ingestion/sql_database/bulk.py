@@ -111,6 +111,8 @@ def stream_rest(
     ones whose key it does not hold yet, masked columns hashed on the way. Returns the rows
     inserted."""
     query = _rest_query(url, read)
+    # An anti join, not `not exists`: DuckDB runs the correlated form far slower on a stream
+    # (5M rows: ~1.7 s more, bench/README). The same rows either way, NULL keys included.
     on = " and ".join(f"r.{key} = s.{key}" for key in read.keys)
     with adbc.record_batches(url, query) as stream:
         if read.mask:
@@ -121,7 +123,7 @@ def stream_rest(
             [(inserted,)] = connection.execute(
                 f"insert into {raw_table} by name "
                 f"select s.*, ? as _dlt_load_id from tributary_bulk_rows s "
-                f"where not exists (select 1 from {raw_table} r where {on})",
+                f"anti join {raw_table} r on {on}",
                 [read.load_id],
             ).fetchall()
         finally:

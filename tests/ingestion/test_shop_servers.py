@@ -230,6 +230,43 @@ def test_a_whole_table_read_that_dies_before_its_stream_is_finished_by_the_next_
         assert change.new_order_ids
 
 
+def test_a_stream_that_committed_before_its_plan_was_removed_is_not_loaded_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The process dies after the stream committed but before its plan was removed (an
+    exception stands in for the kill, at exactly that point): the next run streams the same
+    rows again, and must skip every one the raw table already holds — no duplicate keys, the
+    warehouse equal to the source, the plan gone."""
+    with throwaway_database("postgresql") as shop_url:
+        settings = scratch_settings(tmp_path, shop=shop_url)
+        generate(shop_url, settings.demo_api_db, orders=200, seed=55)
+        stream_rest = bulk.stream_rest
+        streamed: list[int] = []
+
+        def killed(*args: Any, **kwargs: Any) -> int:
+            streamed.append(stream_rest(*args, **kwargs))
+            raise SystemExit("killed after the stream committed")
+
+        monkeypatch.setattr(bulk, "stream_rest", killed)
+        with pytest.raises(SystemExit):
+            run_source("shop", settings)
+        monkeypatch.undo()
+        plan = bulk.plan_path(settings.pipelines_dir, "tributary_shop")
+        assert plan.exists() and streamed and streamed[0] > 0
+        first_table = bulk.read_plan(plan)[0].table
+        assert len(_raw_rows(settings, first_table)) == len(_source_rows(shop_url, first_table))
+
+        again: list[int] = []
+        monkeypatch.setattr(
+            bulk, "stream_rest", lambda *a, **k: again.append(stream_rest(*a, **k)) or again[-1]
+        )
+        run_source("shop", settings)
+        monkeypatch.undo()
+        assert again[0] == 0  # the committed stream's table: every row already there
+        assert not plan.exists()
+        _assert_raw_equals_source(settings, shop_url)  # duplicate keys fail in _raw_rows
+
+
 def test_a_first_load_that_dies_after_planning_its_stream_recovers_by_itself(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
