@@ -65,7 +65,6 @@ docs-build: setup
 # dbt inside a flow against a plain dbt build. BENCH_ARGS="--rows 5000000" for the large load
 # run; DBT_BENCH_ARGS="--repeats 5" for the dbt one.
 bench: setup
-	$(UV) sync --frozen --quiet --compile-bytecode --group bench
 	$(VENV)/bin/python -m bench.sql_to_duckdb $(BENCH_ARGS)
 	$(VENV)/bin/python -m bench.dbt_in_flow $(DBT_BENCH_ARGS)
 

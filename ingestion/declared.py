@@ -155,7 +155,8 @@ class SqlDatabaseSource(BaseModel):
     bulk_reads: bool = Field(
         default=True,
         description="PostgreSQL: a table read whole (first load, refresh) streams into the "
-        "warehouse over COPY; dlt reads only its newest rows.",
+        "warehouse through DuckDB's scanner (or COPY via ADBC for column types it would "
+        "read differently); dlt reads only its newest rows.",
     )
     mask_salt: Reference | None = Field(
         default=None,
