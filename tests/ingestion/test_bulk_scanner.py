@@ -170,3 +170,22 @@ def test_the_scanners_connection_string_carries_no_password() -> None:
         "host='db.internal' port='6432' dbname='shop' user='reader' sslmode='require' "
         "application_name='it\\'s'"
     )
+
+
+def test_adbc_connections_to_one_server_share_its_database(source: str) -> None:
+    """Making an ADBC database reads the server's types (~30 ms); a run connects several times,
+    so connections to one URL come from one database, which closing them leaves open."""
+    from sqlalchemy.engine import make_url
+
+    from ingestion.sql_database import adbc
+
+    url = make_url(source)
+    first = adbc.connect(url)
+    with adbc.connect(url) as second:
+        assert second._db is first._db
+        with second.cursor() as cursor:
+            cursor.execute("select count(*) from plain")
+            assert cursor.fetchone() == (3000,)
+    first.close()
+    with adbc.record_batches(url, "select id from typed order by id limit 3") as reader:
+        assert reader.read_all().column("id").to_pylist() == [1, 2, 3]
