@@ -9,18 +9,24 @@ state. Registered under the name ``adbc`` on import.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from decimal import ROUND_HALF_EVEN, Decimal
 from functools import cache
 from typing import Any
+from uuid import UUID
 
 import adbc_driver_postgresql
 import adbc_driver_postgresql.dbapi as adbc_postgresql
 import pyarrow as pa
+import pyarrow.compute as pc
 from adbc_driver_manager import AdbcConnection
 from adbc_driver_manager.dbapi import _SharedDatabase  # the dbapi's own refcounted holder
 from dlt.sources.sql_database.helpers import BaseTableLoader, register_table_loader_backend
+from sqlalchemy import Select, cast
+from sqlalchemy.dialects.postgresql import MONEY
 from sqlalchemy.engine import URL
+from sqlalchemy.sql import sqltypes
 
 BACKEND = "adbc"
 # Bytes of COPY data decoded into one record batch (the driver's default is 16 MiB).
@@ -59,23 +65,155 @@ def record_batches(url: URL, query: str, batch_bytes: int = BATCH_BYTES) -> Iter
         yield cursor.fetch_record_batch()
 
 
+# Column types ADBC hands over as values dlt and DuckDB load (uuid, json and numeric as arrow
+# extension types, made plain by `plain_batch`). Any other — inet, cidr, macaddr, interval,
+# bit, tsvector, ranges, … — ADBC gives in the server's binary form or as a type dlt cannot
+# load: those are read as the server's text for them.
+_READ_AS_IS = (
+    sqltypes.Integer,
+    sqltypes.Numeric,
+    sqltypes.Float,  # not a Numeric since SQLAlchemy 2.1
+    sqltypes.Boolean,
+    sqltypes.String,  # enums, char(n) too
+    sqltypes.Date,
+    sqltypes.DateTime,
+    sqltypes.Time,
+    sqltypes._Binary,
+    sqltypes.Uuid,
+    sqltypes.JSON,
+    sqltypes.ARRAY,
+    MONEY,
+)
+# dlt's decimal for a numeric column declared without precision (DuckDB's DECIMAL(38, 9)).
+_UNCONSTRAINED = (38, 9)
+
+
+def as_read(column: Any) -> Any:
+    """``column`` itself, or its text when its type is outside ``_READ_AS_IS``."""
+    return column if isinstance(column.type, _READ_AS_IS) else cast(column, sqltypes.Text)
+
+
+def readable(query: Select) -> Select:
+    """``query`` with each column of a type outside ``_READ_AS_IS`` read as its text, under
+    its own name (dlt types such a column text)."""
+    columns = [
+        column if as_read(column) is column else as_read(column).label(column.name)
+        for column in query.selected_columns
+    ]
+    return query.with_only_columns(*columns)
+
+
+def decimal_types(columns: Iterable[Any]) -> dict[str, pa.Decimal128Type]:
+    """The arrow decimal of each exact numeric column (SQLAlchemy columns), by name: its
+    declared precision and scale, dlt's default where it has none."""
+    decimals = {}
+    for column in columns:
+        kind = column.type
+        exact = isinstance(kind, sqltypes.Numeric) and kind.asdecimal
+        if exact and not isinstance(kind, sqltypes.Float | sqltypes.Integer):
+            precision, scale = (
+                (kind.precision, kind.scale or 0) if kind.precision else _UNCONSTRAINED
+            )
+            decimals[column.name] = pa.decimal128(min(precision, 38), scale)
+    return decimals
+
+
+def _decimals(values: pa.Array, kind: pa.Decimal128Type, where: str) -> pa.Array:
+    """PostgreSQL numerics (their text) as ``kind``, rounded half to even to its scale; NaN and
+    infinities, which a decimal cannot hold, are an error naming ``where``."""
+    try:
+        return pc.cast(values, kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    step = Decimal(1).scaleb(-kind.scale)
+    exact = []
+    for text in values.to_pylist():
+        if text is None:
+            exact.append(None)
+            continue
+        value = Decimal(text)
+        if not value.is_finite():
+            raise ValueError(
+                f"{where}: numeric {text!r} has no decimal value in the warehouse (correct the "
+                "row, or leave the column out: `columns: {exclude: [...]}` in the sources file)"
+            )
+        exact.append(value.quantize(step, rounding=ROUND_HALF_EVEN))
+    try:
+        return pa.array(exact, type=kind)
+    except (pa.ArrowInvalid, OverflowError) as exc:
+        raise ValueError(f"{where}: a numeric does not fit {kind}: {exc}") from None
+
+
+def plain_batch(
+    batch: pa.RecordBatch, decimals: Mapping[str, pa.Decimal128Type], table: str
+) -> pa.RecordBatch:
+    """``batch`` without arrow extension types: uuid as its text, json as its text, numeric
+    as the column's decimal (``decimals``)."""
+    if not any(isinstance(field.type, pa.BaseExtensionType) for field in batch.schema):
+        return batch
+    arrays = []
+    for field, array in zip(batch.schema, batch.columns, strict=True):
+        kind = field.type
+        if isinstance(kind, pa.UuidType):
+            array = pa.array(
+                [
+                    None if raw is None else str(UUID(bytes=raw))
+                    for raw in array.storage.to_pylist()
+                ],
+                type=pa.string(),
+            )
+        elif isinstance(kind, pa.OpaqueType) and kind.type_name == "numeric":
+            where = f"{table}.{field.name}"
+            array = _decimals(array.storage, decimals.get(field.name, pa.decimal128(38, 9)), where)
+        elif isinstance(kind, pa.BaseExtensionType):  # json; any other keeps its storage
+            array = array.storage
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def plain_batches(
+    reader: pa.RecordBatchReader, decimals: Mapping[str, pa.Decimal128Type], table: str
+) -> pa.RecordBatchReader:
+    """``plain_batch`` over a stream."""
+    if not any(isinstance(field.type, pa.BaseExtensionType) for field in reader.schema):
+        return reader
+    first = next(iter(reader), None)
+    if first is None:
+        empty = pa.RecordBatch.from_pylist([], schema=reader.schema)
+        schema = plain_batch(empty, decimals, table).schema
+        return pa.RecordBatchReader.from_batches(schema, [])
+    head = plain_batch(first, decimals, table)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield head
+        for batch in reader:
+            yield plain_batch(batch, decimals, table)
+
+    return pa.RecordBatchReader.from_batches(head.schema, batches())
+
+
 class AdbcTableLoader(BaseTableLoader):
     """Runs dlt's compiled table query through ADBC and yields one arrow table per batch."""
 
     def load_rows(self, backend_kwargs: dict[str, Any] | None = None) -> Iterator[pa.Table]:
         options = dict(backend_kwargs or {})
         batch_bytes = int(options.pop("batch_bytes", BATCH_BYTES))
-        query = self.compile_query(self.make_query())
+        query = self.compile_query(readable(self.make_query()))
+        decimals = decimal_types(self.table.columns)
         with record_batches(self.engine.url, query, batch_bytes) as reader:
-            # COPY says nothing of NOT NULL: take nullability from the reflected columns, so
-            # arrow and dlt schemas agree (else dlt warns on every batch).
-            schema = pa.schema(
-                field.with_nullable(self.columns.get(field.name, {}).get("nullable", True))
-                for field in reader.schema
-            )
+            schema = None
             for batch in reader:
-                if batch.num_rows:
-                    yield pa.Table.from_batches([batch]).cast(schema)
+                if not batch.num_rows:
+                    continue
+                batch = plain_batch(batch, decimals, self.table.name)
+                if schema is None:
+                    # COPY says nothing of NOT NULL: take nullability from the reflected
+                    # columns, so arrow and dlt schemas agree (else dlt warns on every batch).
+                    schema = pa.schema(
+                        field.with_nullable(self.columns.get(field.name, {}).get("nullable", True))
+                        for field in batch.schema
+                    )
+                yield pa.Table.from_batches([batch]).cast(schema)
 
 
 register_table_loader_backend(BACKEND, AdbcTableLoader)

@@ -105,7 +105,9 @@ def _reflect(url: URL, read: BulkRead) -> tuple[Table, Any, str]:
 def _rest_query(url: URL, read: BulkRead, table: Table, below: Any) -> str:
     # The source's names, labelled with the warehouse's: the rows insert by name.
     cursor = table.c[read.cursor]
-    selected = select(*(table.c[column].label(raw) for column, raw in read.labels.items()))
+    selected = select(
+        *(adbc.as_read(table.c[column]).label(raw) for column, raw in read.labels.items())
+    )
     query = selected.where(or_(cursor < below, cursor.is_(None)))
     if read.soft_delete:
         query = query.where(table.c[read.soft_delete].is_(None))
@@ -128,7 +130,12 @@ def stream_rest(
     if not read.mask and scanner.available() and scanner.scannable(table):
         return _scan_rest(connection, raw_table, url, read, table, below, schema, on)
     query = _rest_query(url, read, table, below)
+    decimals = adbc.decimal_types(table.columns)
+    raw_decimals = {
+        raw: decimals[column] for column, raw in read.labels.items() if column in decimals
+    }
     with adbc.record_batches(url, query) as stream:
+        stream = adbc.plain_batches(stream, raw_decimals, read.table)
         if read.mask:
             assert mask_salt is not None, "masked columns need the source's salt"
             stream = masked_batches(stream, read.mask, mask_salt)

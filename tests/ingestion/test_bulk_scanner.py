@@ -41,12 +41,19 @@ select i, (i %% 300)::smallint - 150, i * 7919 - 2000000, case i %% 3 when 0 the
 from generate_series(1, 3000) as i;
 create table typed (
     id integer primary key, grade char(3), opens time, blob bytea, price money,
+    amount numeric(12, 2), ratio numeric, ref uuid, doc jsonb, host inet, wait interval,
     updated_at timestamp not null
 );
 insert into typed
 select i, case when i %% 6 = 0 then null else 'g' || (i %% 9) end,
     time '06:30:00.5' + i * interval '7 seconds', decode(md5(i::text), 'hex'),
-    (i * 1.25)::numeric::money, timestamp '2026-01-01' + i * interval '1 minute'
+    (i * 1.25)::numeric::money, case when i %% 5 = 0 then null else i * 1.25 - 1000 end,
+    case when i %% 7 = 0 then null else i / 3.0 ^ (i %% 4) end,
+    case when i %% 8 = 0 then null else md5(i::text)::uuid end,
+    case when i %% 9 = 0 then null
+        else jsonb_build_object('n', i, 'tags', jsonb_build_array('ä', i %% 3)) end,
+    ('10.0.' || (i %% 250) || '.' || (i %% 7) || '/' || (24 + i %% 9))::inet,
+    i * interval '1 minute 1.5 seconds', timestamp '2026-01-01' + i * interval '1 minute'
 from generate_series(1, 2000) as i;
 """
 KEYS = {"plain": "id", "typed": "id"}
@@ -64,7 +71,9 @@ def source() -> Iterator[str]:
         yield url
 
 
-def _settings(folder: Path, url: str, *, bulk_reads: bool) -> Settings:
+def _settings(
+    folder: Path, url: str, *, bulk_reads: bool, tables: tuple[str, ...] = tuple(KEYS)
+) -> Settings:
     path = folder / "sources.yml"
     folder.mkdir(parents=True, exist_ok=True)
     declaration = {
@@ -72,7 +81,7 @@ def _settings(folder: Path, url: str, *, bulk_reads: bool) -> Settings:
         "credentials": url,
         "bulk_reads": bulk_reads,
         "defaults": {"mode": "merge", "cursor": "updated_at", "lag": 0},
-        "tables": dict.fromkeys(KEYS),
+        "tables": dict.fromkeys(tables),
     }
     path.write_text(yaml.safe_dump({"sources": {"ext": declaration}}))
     return Settings(data_dir=folder, sources_file=path)
@@ -117,7 +126,7 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
     monkeypatch.setattr(bulk, "_scan_rest", spy)
     streamed = _settings(tmp_path / "streamed", source, bulk_reads=True)
     first = run_source("ext", streamed)
-    assert scanned == ["plain"]  # typed holds char(n), time, bytea, money: the ADBC stream
+    assert scanned == ["plain"]  # typed holds numeric, uuid, jsonb, inet, …: the ADBC stream
     assert {t.table: t.new for t in first.tables} == {"plain": 3000, "typed": 2000}
 
     whole = _settings(tmp_path / "whole", source, bulk_reads=False)
@@ -142,6 +151,96 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
         "select id, small, whole, flag, label, code, day, at_utc, at_local, updated_at "
         "from plain order by id",
     )
+
+    # The ADBC stream's types against the source: numeric at its scale (dlt's 9 places where
+    # none is declared), uuid, jsonb, inet and interval as the server's text.
+    with duckdb.connect(str(streamed.warehouse), read_only=True) as warehouse:
+        raw = warehouse.execute(
+            "select id, amount, ratio, ref, doc::varchar, host, wait from raw_ext.typed order by id"
+        ).fetchall()
+    assert raw == _source_rows(
+        source,
+        "select id, amount, round(ratio, 9), ref::text, doc::text, host::text, wait::text "
+        "from typed order by id",
+    )
+
+
+def test_a_numeric_a_decimal_cannot_hold_fails_the_run_naming_its_column(
+    source: str, tmp_path: Path
+) -> None:
+    engine = create_engine(source)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "create table odd (id integer primary key, amount numeric, "
+                "updated_at timestamp not null); insert into odd "
+                "select i, case when i = 4 then 'NaN'::numeric else i end, timestamp '2026-01-01' "
+                "+ i * interval '1 minute' from generate_series(1, 10) as i"
+            )
+        settings = _settings(tmp_path, source, bulk_reads=False, tables=("odd",))
+        with pytest.raises(Exception, match=r"(?i)odd\.amount: numeric 'nan' has no decimal value"):
+            run_source("ext", settings)
+        assert not settings.warehouse.exists() or _raw_tables(settings) == set()
+    finally:
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("drop table if exists odd")
+        finally:
+            engine.dispose()
+
+
+def test_a_uuid_keyed_table_with_numerics_follows_updates_and_deletes(
+    source: str, tmp_path: Path
+) -> None:
+    """A uuid key (DuckDB reads arrow's uuid in the key snapshot) finds deleted rows; numerics
+    keep their scale through updates."""
+    engine = create_engine(source)
+    changes = (
+        "delete from tokens where n in (3, 17); "
+        "update tokens set amount = amount + 0.01, updated_at = updated_at + interval '1 day' "
+        "where n = 5; "
+        "insert into tokens select md5('new')::uuid, 99, 0.5, timestamp '2026-03-01'"
+    )
+    read = "select ref::text, n, amount, updated_at from tokens order by 1"
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "create table tokens (ref uuid primary key, n integer, amount numeric(8, 2), "
+                "updated_at timestamp not null); insert into tokens "
+                "select md5(i::text)::uuid, i, i * 0.25, timestamp '2026-01-01' "
+                "+ i * interval '1 minute' from generate_series(1, 40) as i"
+            )
+        settings = _settings(tmp_path, source, bulk_reads=True, tables=("tokens",))
+        run_source("ext", settings)
+        assert _raw(settings, read.replace("ref::text", "ref")) == _source_rows(source, read)
+        with engine.begin() as connection:
+            connection.exec_driver_sql(changes)
+        second = run_source("ext", settings)
+        [tokens] = second.tables
+        assert (tokens.new, tokens.updated, tokens.deleted) == (1, 1, 2)
+        assert _raw(settings, read.replace("ref::text", "ref")) == _source_rows(source, read)
+    finally:
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("drop table if exists tokens")
+        finally:
+            engine.dispose()
+
+
+def _raw(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        return warehouse.execute(sql.replace("from tokens", "from raw_ext.tokens")).fetchall()
+
+
+def _raw_tables(settings: Settings) -> set[str]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        return {
+            name
+            for (name,) in warehouse.execute(
+                "select table_name from information_schema.tables where table_schema = 'raw_ext'"
+                " and table_name not like '\\_dlt%' escape '\\'"
+            ).fetchall()
+        }
 
 
 def _source_ids(url: str, table: str) -> list[int]:
