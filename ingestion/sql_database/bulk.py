@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import MetaData, Select, Table, create_engine, func, inspect, or_, select
+from sqlalchemy import MetaData, Select, Table, create_engine, func, inspect, or_, select, text
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -86,12 +86,21 @@ def cursor_value(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime | date) else str(value)
 
 
-def _reflect(url: URL, read: BulkRead) -> tuple[Table, Any, str]:
-    """The source table, the mark as a value of its cursor's type, and the table's schema."""
+def _reflect(url: URL, read: BulkRead) -> tuple[Table, Any, str, str | None]:
+    """The source table, the mark as a value of its cursor's type, the table's schema and its
+    kind (PostgreSQL's ``relkind``: ``r`` a plain table, ``p`` partitioned, ``v`` a view…)."""
     engine = create_engine(url, poolclass=NullPool)
     try:
         table = Table(read.table, MetaData(), schema=read.schema, autoload_with=engine)
         schema = read.schema or inspect(engine).default_schema_name
+        with engine.connect() as connection:
+            kind = connection.execute(
+                text(
+                    "select c.relkind from pg_class c join pg_namespace n "
+                    "on n.oid = c.relnamespace where n.nspname = :schema and c.relname = :name"
+                ),
+                {"schema": schema, "name": read.table},
+            ).scalar()
     finally:
         engine.dispose()
     cursor = table.c[read.cursor]
@@ -99,7 +108,7 @@ def _reflect(url: URL, read: BulkRead) -> tuple[Table, Any, str]:
     below = parse(read.below) if parse else read.below
     if isinstance(below, datetime) and below.tzinfo and not cursor.type.timezone:
         below = below.replace(tzinfo=None)  # naive columns hold UTC
-    return table, below, schema
+    return table, below, schema, kind
 
 
 def _rest_query(url: URL, read: BulkRead, table: Table, below: Any) -> str:
@@ -123,11 +132,11 @@ def stream_rest(
     inserted. DuckDB's scanner reads the table where it gives the same values as dlt's read
     (no masked columns, every column of a type in ``scanner.SCANNED_TYPES``); the ADBC stream
     reads the others."""
-    table, below, schema = _reflect(url, read)
+    table, below, schema, kind = _reflect(url, read)
     # An anti join, not `not exists`: DuckDB runs the correlated form far slower on a stream
     # (5M rows: ~1.7 s more, bench/README). The same rows either way, NULL keys included.
     on = " and ".join(f"r.{key} = s.{key}" for key in read.keys)
-    if not read.mask and scanner.available() and scanner.scannable(table):
+    if not read.mask and scanner.available() and scanner.scannable(table, kind):
         return _scan_rest(connection, raw_table, url, read, table, below, schema, on)
     query = _rest_query(url, read, table, below)
     decimals = adbc.decimal_types(table.columns)

@@ -57,8 +57,13 @@ def available() -> bool:
     return any(folder.glob("*/postgres_scanner.duckdb_extension"))
 
 
-def scannable(table: Table) -> bool:
-    return all(type(column.type).__name__ in SCANNED_TYPES for column in table.columns)
+def scannable(table: Table, kind: str | None) -> bool:
+    """A plain table (``relkind`` ``r``) whose every column is of a type in ``SCANNED_TYPES``.
+    The scanner splits a table by its pages: a partitioned table's parent has none, and it
+    then reads page ranges up to 2³² and never ends; a view has none either."""
+    return kind == "r" and all(
+        type(column.type).__name__ in SCANNED_TYPES for column in table.columns
+    )
 
 
 def _quoted_option(value: object) -> str:
