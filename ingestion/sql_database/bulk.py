@@ -41,12 +41,15 @@ def newest_rows(query: Select, table: Table, cursor: str, limit: datetime | None
     if query.whereclause is not None:
         highest = highest.where(query.whereclause)
     try:
-        moments = issubclass(column.type.python_type, datetime)
+        python_type = column.type.python_type
     except NotImplementedError:
-        moments = False
-    if limit is None or not moments:  # only a point in time can lie in the future
+        python_type = None
+    moments = isinstance(python_type, type) and issubclass(python_type, date)  # datetimes too
+    if limit is None or not moments:  # only a day or a point in time can lie in the future
         return query.where(column == highest.scalar_subquery())
-    if not getattr(column.type, "timezone", False):
+    if not issubclass(python_type, datetime):
+        limit = limit.astimezone(UTC).date()  # type: ignore[assignment]  # a day: the limit's
+    elif not getattr(column.type, "timezone", False):
         limit = limit.astimezone(UTC).replace(tzinfo=None)  # naive columns hold UTC
     highest = highest.where(column <= limit)
     return query.where(or_(column == highest.scalar_subquery(), column > limit))

@@ -263,6 +263,40 @@ def test_a_partitioned_table_streams_through_adbc(
             engine.dispose()
 
 
+def test_a_date_cursor_from_the_future_leaves_the_rest_of_the_table_loading(
+    source: str, tmp_path: Path
+) -> None:
+    """dlt reads a whole table's newest rows, and those beyond now are quarantined. A date
+    cursor was not bounded by now: one row dated 2099 was the newest, it was quarantined, no
+    cursor was set and the rest never streamed — every run loaded nothing."""
+    engine = create_engine(source)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(
+                "create table days (id integer primary key, d date not null, v text); "
+                "insert into days select i, date '2026-01-01' + i / 50, 'v' || i "
+                "from generate_series(1, 2000) as i; "
+                "update days set d = '2099-01-01' where id = 77"
+            )
+        settings = _settings(tmp_path, source, bulk_reads=True, tables=("days",))
+        settings.sources_file.write_text(
+            settings.sources_file.read_text().replace("cursor: updated_at", "cursor: d")
+        )
+        load = run_source("ext", settings)
+        [days] = load.tables
+        assert (days.loaded, days.quarantined) == (1999, 1)
+        read = "select id, d, v from days where id <> 77 order by id"
+        assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
+        run_source("ext", settings)  # and it goes on from its cursor
+        assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
+    finally:
+        try:
+            with engine.begin() as connection:
+                connection.exec_driver_sql("drop table if exists days")
+        finally:
+            engine.dispose()
+
+
 def _raw(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
         table = sql.split(" from ")[1].split()[0]
