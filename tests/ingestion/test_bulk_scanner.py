@@ -1,8 +1,9 @@
 """The rest of a PostgreSQL table read whole comes through DuckDB's scanner where its column
 types allow, else through the ADBC stream; either way the warehouse must hold exactly what a
 run that lets dlt read the whole table holds (`bulk_reads: false`), value for value — awkward
-values included (NULLs everywhere, the cursor's too, empty and non-ASCII text, NaN and infinities, timestamps
-before 1970 and at microseconds) — and the source's own values where Python can compare them."""
+values included (NULLs everywhere, the cursor's too, empty and non-ASCII text, NaN and
+infinities, timestamps before 1970 and at microseconds) — and the source's own values where
+Python can compare them."""
 
 from __future__ import annotations
 
