@@ -54,7 +54,7 @@ def test_failed_build_names_the_test_and_the_retry_resumes(
     assert "stg_shop__customers" not in rerun  # built fine the first time: not rebuilt
     assert all(node.status in {"success", "pass"} for node in resumed.nodes)
 
-    # dbt builds as many models at once as the settings say (default: the machine's CPUs)
+    # dbt builds as many models at once as the settings say (default: half the machine's CPUs)
     monkeypatch.setenv("TRIBUTARY_DBT_THREADS", "3")
     settings = settings.model_copy(update={"dbt_threads": Settings().dbt_threads})
     full = run_dbt_resumable(["build"], settings, run_key="run-2")
