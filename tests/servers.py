@@ -38,3 +38,31 @@ def throwaway_database(server: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f"drop database if exists {name}"))
         admin.dispose()
+
+
+def run_sql(url: str, sql: str) -> None:
+    """Runs ``sql`` (several statements, ``%%`` for a literal ``%``) in one transaction."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
+@contextmanager
+def database_with(server: str, sql: str) -> Iterator[str]:
+    """A throwaway database on ``server`` holding what ``sql`` makes."""
+    with throwaway_database(server) as url:
+        run_sql(url, sql)
+        yield url
+
+
+@contextmanager
+def table_with(url: str, name: str, sql: str) -> Iterator[None]:
+    """Table ``name`` made by ``sql`` in the database at ``url`` for the block, dropped after."""
+    try:
+        run_sql(url, sql)
+        yield
+    finally:
+        run_sql(url, f"drop table if exists {name}")

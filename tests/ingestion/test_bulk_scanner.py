@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 from ingestion.pipeline import run_source
 from ingestion.sql_database import bulk, scanner
-from tests.servers import throwaway_database
+from tests.servers import database_with, run_sql, table_with
 from tributary.settings import Settings
 
 SCHEMA = """
@@ -62,13 +62,7 @@ KEYS = {"plain": "id", "typed": "id"}
 
 @pytest.fixture(scope="module")
 def source() -> Iterator[str]:
-    with throwaway_database("postgresql") as url:
-        engine = create_engine(url)
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql(SCHEMA)
-        finally:
-            engine.dispose()
+    with database_with("postgresql", SCHEMA) as url:
         yield url
 
 
@@ -169,25 +163,16 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
 def test_a_numeric_a_decimal_cannot_hold_fails_the_run_naming_its_column(
     source: str, tmp_path: Path
 ) -> None:
-    engine = create_engine(source)
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "create table odd (id integer primary key, amount numeric, "
-                "updated_at timestamp not null); insert into odd "
-                "select i, case when i = 4 then 'NaN'::numeric else i end, timestamp '2026-01-01' "
-                "+ i * interval '1 minute' from generate_series(1, 10) as i"
-            )
+    odd = (
+        "create table odd (id integer primary key, amount numeric, updated_at timestamp not null);"
+        " insert into odd select i, case when i = 4 then 'NaN'::numeric else i end, "
+        "timestamp '2026-01-01' + i * interval '1 minute' from generate_series(1, 10) as i"
+    )
+    with table_with(source, "odd", odd):
         settings = _settings(tmp_path, source, bulk_reads=False, tables=("odd",))
         with pytest.raises(Exception, match=r"(?i)odd\.amount: numeric 'nan' has no decimal value"):
             run_source("ext", settings)
         assert not settings.warehouse.exists() or _raw_tables(settings) == set()
-    finally:
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql("drop table if exists odd")
-        finally:
-            engine.dispose()
 
 
 def test_a_uuid_keyed_table_with_numerics_follows_updates_and_deletes(
@@ -195,7 +180,12 @@ def test_a_uuid_keyed_table_with_numerics_follows_updates_and_deletes(
 ) -> None:
     """A uuid key (DuckDB reads arrow's uuid in the key snapshot) finds deleted rows; numerics
     keep their scale through updates."""
-    engine = create_engine(source)
+    tokens = (
+        "create table tokens (ref uuid primary key, n integer, amount numeric(8, 2), "
+        "updated_at timestamp not null); insert into tokens "
+        "select md5(i::text)::uuid, i, i * 0.25, timestamp '2026-01-01' "
+        "+ i * interval '1 minute' from generate_series(1, 40) as i"
+    )
     changes = (
         "delete from tokens where n in (3, 17); "
         "update tokens set amount = amount + 0.01, updated_at = updated_at + interval '1 day' "
@@ -203,29 +193,14 @@ def test_a_uuid_keyed_table_with_numerics_follows_updates_and_deletes(
         "insert into tokens select md5('new')::uuid, 99, 0.5, timestamp '2026-03-01'"
     )
     read = "select ref::text, n, amount, updated_at from tokens order by 1"
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "create table tokens (ref uuid primary key, n integer, amount numeric(8, 2), "
-                "updated_at timestamp not null); insert into tokens "
-                "select md5(i::text)::uuid, i, i * 0.25, timestamp '2026-01-01' "
-                "+ i * interval '1 minute' from generate_series(1, 40) as i"
-            )
+    with table_with(source, "tokens", tokens):
         settings = _settings(tmp_path, source, bulk_reads=True, tables=("tokens",))
         run_source("ext", settings)
         assert _raw(settings, read.replace("ref::text", "ref")) == _source_rows(source, read)
-        with engine.begin() as connection:
-            connection.exec_driver_sql(changes)
-        second = run_source("ext", settings)
-        [tokens] = second.tables
-        assert (tokens.new, tokens.updated, tokens.deleted) == (1, 1, 2)
+        run_sql(source, changes)
+        [table] = run_source("ext", settings).tables
+        assert (table.new, table.updated, table.deleted) == (1, 1, 2)
         assert _raw(settings, read.replace("ref::text", "ref")) == _source_rows(source, read)
-    finally:
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql("drop table if exists tokens")
-        finally:
-            engine.dispose()
 
 
 @pytest.mark.timeout(120)
@@ -234,18 +209,16 @@ def test_a_partitioned_table_streams_through_adbc(
 ) -> None:
     """The scanner splits a table by its pages; on a partitioned table's parent, which has
     none, it read page ranges up to 2^32 and never ended. Such a table takes the ADBC stream."""
-    engine = create_engine(source)
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "create table ev (id bigint, region text, updated_at timestamp not null, "
-                "primary key (id, region)) partition by list (region); "
-                "create table ev_eu partition of ev for values in ('eu'); "
-                "create table ev_us partition of ev for values in ('us'); "
-                "insert into ev select i, case when i %% 3 = 0 then 'eu' else 'us' end, "
-                "timestamp '2026-01-01' + i * interval '1 second' "
-                "from generate_series(1, 3000) as i; analyze ev"
-            )
+    ev = (
+        "create table ev (id bigint, region text, updated_at timestamp not null, "
+        "primary key (id, region)) partition by list (region); "
+        "create table ev_eu partition of ev for values in ('eu'); "
+        "create table ev_us partition of ev for values in ('us'); "
+        "insert into ev select i, case when i %% 3 = 0 then 'eu' else 'us' end, "
+        "timestamp '2026-01-01' + i * interval '1 second' "
+        "from generate_series(1, 3000) as i; analyze ev"
+    )
+    with table_with(source, "ev", ev):
         scanned: list[str] = []
         scan_rest = bulk._scan_rest
         monkeypatch.setattr(
@@ -256,12 +229,6 @@ def test_a_partitioned_table_streams_through_adbc(
         assert scanned == []
         read = "select id, region, updated_at from ev order by id"
         assert _raw(settings, read) == _source_rows(source, read)
-    finally:
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql("drop table if exists ev")
-        finally:
-            engine.dispose()
 
 
 def test_a_date_cursor_from_the_future_leaves_the_rest_of_the_table_loading(
@@ -270,32 +237,22 @@ def test_a_date_cursor_from_the_future_leaves_the_rest_of_the_table_loading(
     """dlt reads a whole table's newest rows, and those beyond now are quarantined. A date
     cursor was not bounded by now: one row dated 2099 was the newest, it was quarantined, no
     cursor was set and the rest never streamed — every run loaded nothing."""
-    engine = create_engine(source)
-    try:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(
-                "create table days (id integer primary key, d date not null, v text); "
-                "insert into days select i, date '2026-01-01' + i / 50, 'v' || i "
-                "from generate_series(1, 2000) as i; "
-                "update days set d = '2099-01-01' where id = 77"
-            )
+    days = (
+        "create table days (id integer primary key, d date not null, v text); "
+        "insert into days select i, date '2026-01-01' + i / 50, 'v' || i "
+        "from generate_series(1, 2000) as i; update days set d = '2099-01-01' where id = 77"
+    )
+    with table_with(source, "days", days):
         settings = _settings(tmp_path, source, bulk_reads=True, tables=("days",))
         settings.sources_file.write_text(
             settings.sources_file.read_text().replace("cursor: updated_at", "cursor: d")
         )
-        load = run_source("ext", settings)
-        [days] = load.tables
-        assert (days.loaded, days.quarantined) == (1999, 1)
+        [table] = run_source("ext", settings).tables
+        assert (table.loaded, table.quarantined) == (1999, 1)
         read = "select id, d, v from days where id <> 77 order by id"
         assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
         run_source("ext", settings)  # and it goes on from its cursor
         assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
-    finally:
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql("drop table if exists days")
-        finally:
-            engine.dispose()
 
 
 def _raw(settings: Settings, sql: str) -> list[tuple[Any, ...]]:

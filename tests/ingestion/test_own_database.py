@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from ingestion import declared
 from ingestion.guards import DeletesStopped
 from ingestion.pipeline import run_source
-from tests.servers import throwaway_database
+from tests.servers import database_with
 from tributary.cli import app
 from tributary.settings import ConfigurationError, Settings
 
@@ -67,13 +67,7 @@ GOOD = {
 
 @pytest.fixture(scope="module")
 def erp() -> Iterator[str]:
-    with throwaway_database("postgresql") as url:
-        engine = create_engine(url)
-        try:
-            with engine.begin() as connection:
-                connection.exec_driver_sql(SCHEMA)
-        finally:
-            engine.dispose()
+    with database_with("postgresql", SCHEMA) as url:
         yield url
 
 
