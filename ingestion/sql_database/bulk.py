@@ -107,7 +107,11 @@ def _reflect(url: URL, read: BulkRead) -> tuple[Table, Any, str, str | None]:
     finally:
         engine.dispose()
     cursor = table.c[read.cursor]
-    parse = getattr(cursor.type.python_type, "fromisoformat", None)
+    kind_of = cursor.type.python_type
+    # The mark as a value of the cursor's type: the scanner compares with it as given.
+    parse = getattr(kind_of, "fromisoformat", None) or (
+        kind_of if kind_of in (int, float) else None
+    )
     below = parse(read.below) if parse else read.below
     if isinstance(below, datetime) and below.tzinfo and not cursor.type.timezone:
         below = below.replace(tzinfo=None)  # naive columns hold UTC

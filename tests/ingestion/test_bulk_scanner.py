@@ -255,6 +255,20 @@ def test_a_date_cursor_from_the_future_leaves_the_rest_of_the_table_loading(
         assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
 
 
+def test_an_integer_cursor_is_compared_as_a_number_by_the_scanner(
+    source: str, tmp_path: Path
+) -> None:
+    """The mark travels as text in the plan; compared as text, id 400 would not be below 3000."""
+    settings = _settings(tmp_path, source, bulk_reads=True, tables=("plain",))
+    settings.sources_file.write_text(
+        settings.sources_file.read_text().replace("cursor: updated_at", "cursor: id")
+    )
+    [table] = run_source("ext", settings).tables
+    assert table.new == 3000
+    read = "select id, label, updated_at from plain order by id"
+    assert _raw(settings, read) == _source_rows(source, read)
+
+
 def _raw(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
         table = sql.split(" from ")[1].split()[0]
