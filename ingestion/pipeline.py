@@ -36,7 +36,7 @@ from ingestion.sql_database.keys import snapshot as key_snapshot
 from tributary.commands import command
 from tributary.lock import file_lock, warehouse_lock
 from tributary.settings import ConfigurationError, Settings
-from tributary.warehouse import check_warehouse, sql_string
+from tributary.warehouse import sql_string, warehouse_open
 
 
 def dataset_name(source: str) -> str:
@@ -1004,8 +1004,7 @@ def _load_pass(
         pipeline = make_pipeline(source, settings)
         journal = _journal(settings, pipeline.pipeline_name)
         plan = bulk.plan_path(settings.pipelines_dir, pipeline.pipeline_name)
-        with warehouse_lock(settings):
-            check_warehouse(settings)
+        with warehouse_lock(settings), warehouse_open(settings):
             pipeline.sync_destination()
             resumed = pipeline.has_pending_data
             if db_url:  # an earlier run died between its load and its stream
@@ -1106,7 +1105,7 @@ def _load_pass(
             else []
         )
         fresh = bool(refresh) and not resumed
-        with warehouse_lock(settings):
+        with warehouse_lock(settings), warehouse_open(settings):
             before, changes = _load_counts(
                 settings, pipeline, tables, whole, fresh, streamed=streamed
             )

@@ -8,6 +8,8 @@ that names the setting, the file and the way out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -47,11 +49,32 @@ def check_warehouse(settings: Settings) -> Path:
     """Open and close the working warehouse once, translating DuckDB's errors for a corrupt
     file and for a file another process holds; returns its path. A missing file passes: the
     first load makes it."""
+    connection = _checked(settings)
+    if connection is not None:
+        connection.close()
+    return settings.warehouse
+
+
+@contextmanager
+def warehouse_open(settings: Settings) -> Iterator[Path]:
+    """``check_warehouse``, keeping the file open until the block ends; hold the warehouse
+    lock around it. While a connection to a file is open, DuckDB keeps its instance in the
+    process, so each client a step opens (a dozen a source run) attaches to it instead of
+    reading the catalog again: a no-change run of a one-row table, 0.6 -> 0.4 s."""
+    connection = _checked(settings)
+    try:
+        yield settings.warehouse
+    finally:
+        if connection is not None:
+            connection.close()
+
+
+def _checked(settings: Settings) -> duckdb.DuckDBPyConnection | None:
     path = settings.warehouse
     if not path.exists():
-        return path
+        return None
     try:
-        duckdb.connect(str(path)).close()
+        return duckdb.connect(str(path))
     except duckdb.Error as exc:
         message = str(exc)
         if any(marker in message.lower() for marker in CORRUPT_MESSAGES):
@@ -69,4 +92,3 @@ def check_warehouse(settings: Settings) -> Path:
                 f"{settings.published} read-only instead (TRIBUTARY_PUBLISHED_PATH)."
             ) from exc
         raise
-    return path
