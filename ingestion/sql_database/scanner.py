@@ -41,8 +41,6 @@ SCANNED_TYPES = frozenset(
         "TIMESTAMP",
     }
 )
-# libpq's connection options that travel in the string (the password goes in a secret).
-_LIBPQ_OPTIONS = ("host", "port", "dbname", "user")
 
 
 def extension_directory() -> Path:
