@@ -49,10 +49,8 @@ def check_warehouse(settings: Settings) -> Path:
     """Open and close the working warehouse once, translating DuckDB's errors for a corrupt
     file and for a file another process holds; returns its path. A missing file passes: the
     first load makes it."""
-    connection = _checked(settings)
-    if connection is not None:
-        connection.close()
-    return settings.warehouse
+    with warehouse_open(settings) as path:
+        return path
 
 
 @contextmanager

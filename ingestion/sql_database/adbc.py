@@ -96,10 +96,10 @@ def as_read(column: Any) -> Any:
 def readable(query: Select) -> Select:
     """``query`` with each column of a type outside ``_READ_AS_IS`` read as its text, under
     its own name (dlt types such a column text)."""
-    columns = [
-        column if as_read(column) is column else as_read(column).label(column.name)
-        for column in query.selected_columns
-    ]
+    columns = []
+    for column in query.selected_columns:
+        read = as_read(column)
+        columns.append(column if read is column else read.label(column.name))
     return query.with_only_columns(*columns)
 
 
@@ -144,12 +144,16 @@ def _decimals(values: pa.Array, kind: pa.Decimal128Type, where: str) -> pa.Array
         raise ValueError(f"{where}: a numeric does not fit {kind}: {exc}") from None
 
 
+def _has_extension_types(schema: pa.Schema) -> bool:
+    return any(isinstance(field.type, pa.BaseExtensionType) for field in schema)
+
+
 def plain_batch(
     batch: pa.RecordBatch, decimals: Mapping[str, pa.Decimal128Type], table: str
 ) -> pa.RecordBatch:
     """``batch`` without arrow extension types: uuid as its text, json as its text, numeric
     as the column's decimal (``decimals``)."""
-    if not any(isinstance(field.type, pa.BaseExtensionType) for field in batch.schema):
+    if not _has_extension_types(batch.schema):
         return batch
     arrays = []
     for field, array in zip(batch.schema, batch.columns, strict=True):
@@ -164,7 +168,8 @@ def plain_batch(
             )
         elif isinstance(kind, pa.OpaqueType) and kind.type_name == "numeric":
             where = f"{table}.{field.name}"
-            array = _decimals(array.storage, decimals.get(field.name, pa.decimal128(38, 9)), where)
+            kind = decimals.get(field.name, pa.decimal128(*_UNCONSTRAINED))
+            array = _decimals(array.storage, kind, where)
         elif isinstance(kind, pa.BaseExtensionType):  # json; any other keeps its storage
             array = array.storage
         arrays.append(array)
@@ -175,7 +180,7 @@ def plain_batches(
     reader: pa.RecordBatchReader, decimals: Mapping[str, pa.Decimal128Type], table: str
 ) -> pa.RecordBatchReader:
     """``plain_batch`` over a stream."""
-    if not any(isinstance(field.type, pa.BaseExtensionType) for field in reader.schema):
+    if not _has_extension_types(reader.schema):
         return reader
     first = next(iter(reader), None)
     if first is None:

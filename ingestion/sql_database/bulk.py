@@ -127,8 +127,8 @@ def _rest_query(url: URL, read: BulkRead, table: Table, below: Any) -> str:
     query = selected.where(or_(cursor < below, cursor.is_(None)))
     if read.soft_delete:
         query = query.where(table.c[read.soft_delete].is_(None))
-    engine = create_engine(url, poolclass=NullPool)  # compiles only, never connects
-    return str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    dialect = url.get_dialect()()
+    return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))
 
 
 def stream_rest(

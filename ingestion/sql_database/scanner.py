@@ -24,6 +24,8 @@ import duckdb
 from sqlalchemy import Table
 from sqlalchemy.engine import URL
 
+from tributary.warehouse import sql_string
+
 # Column types (SQLAlchemy's reflected class names) the scanner and the ADBC read of the newest
 # rows turn into the same values. Anything else — numeric, uuid, json, arrays, enums, char(n),
 # time, interval, bytea, domains — keeps the table on the ADBC stream.
@@ -70,11 +72,6 @@ def _quoted_option(value: object) -> str:
     return f"'{text}'"
 
 
-def _literal(text: str) -> str:
-    """A DuckDB SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
-
-
 def connection_string(url: URL) -> str:
     """libpq's keyword form of ``url`` without its password: host, port, database, user and
     the URL's own query options (``sslmode``, ``sslrootcert``, ``options``, …)."""
@@ -99,7 +96,7 @@ def attached(connection: Any, url: URL) -> Iterator[str]:
     """The source database attached read-only to ``connection`` (a DuckDB connection) while
     the block runs; yields the catalog's name. Detached, and its secret dropped, after."""
     name = f"tributary_source_{uuid.uuid4().hex[:12]}"
-    connection.execute(f"set extension_directory = '{extension_directory()}'")
+    connection.execute(f"set extension_directory = {sql_string(extension_directory())}")
     connection.execute("load postgres")
     options = "type postgres, read_only"
     if url.password:
@@ -108,7 +105,7 @@ def attached(connection: Any, url: URL) -> Iterator[str]:
         )
         options += f", secret {name}"
     try:
-        connection.execute(f"attach {_literal(connection_string(url))} as {name} ({options})")
+        connection.execute(f"attach {sql_string(connection_string(url))} as {name} ({options})")
         try:
             yield name
         finally:

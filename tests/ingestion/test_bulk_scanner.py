@@ -66,6 +66,20 @@ def source() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def scanned(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tables whose rest DuckDB's scanner reads, in the order it reads them."""
+    tables: list[str] = []
+    scan_rest = bulk._scan_rest
+
+    def spy(connection: Any, raw_table: str, url: Any, read: bulk.BulkRead, *rest: Any) -> int:
+        tables.append(read.table)
+        return scan_rest(connection, raw_table, url, read, *rest)
+
+    monkeypatch.setattr(bulk, "_scan_rest", spy)
+    return tables
+
+
 def _settings(
     folder: Path, url: str, *, bulk_reads: bool, tables: tuple[str, ...] = tuple(KEYS)
 ) -> Settings:
@@ -108,17 +122,9 @@ def _differences(left: Path, right: Path, table: str) -> list[tuple[Any, ...]]:
 
 
 def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
-    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: str, tmp_path: Path, scanned: list[str]
 ) -> None:
     assert scanner.available(), "the duckdb-ext-postgres wheel is a dependency"
-    scanned: list[str] = []
-    scan_rest = bulk._scan_rest
-
-    def spy(connection: Any, raw_table: str, url: Any, read: bulk.BulkRead, *rest: Any) -> int:
-        scanned.append(read.table)
-        return scan_rest(connection, raw_table, url, read, *rest)
-
-    monkeypatch.setattr(bulk, "_scan_rest", spy)
     streamed = _settings(tmp_path / "streamed", source, bulk_reads=True)
     first = run_source("ext", streamed)
     assert scanned == ["plain"]  # typed holds numeric, uuid, jsonb, inet, …: the ADBC stream
@@ -205,7 +211,7 @@ def test_a_uuid_keyed_table_with_numerics_follows_updates_and_deletes(
 
 @pytest.mark.timeout(120)
 def test_a_partitioned_table_streams_through_adbc(
-    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    source: str, tmp_path: Path, scanned: list[str]
 ) -> None:
     """The scanner splits a table by its pages; on a partitioned table's parent, which has
     none, it read page ranges up to 2^32 and never ended. Such a table takes the ADBC stream."""
@@ -219,11 +225,6 @@ def test_a_partitioned_table_streams_through_adbc(
         "from generate_series(1, 3000) as i; analyze ev"
     )
     with table_with(source, "ev", ev):
-        scanned: list[str] = []
-        scan_rest = bulk._scan_rest
-        monkeypatch.setattr(
-            bulk, "_scan_rest", lambda *a: scanned.append(a[3].table) or scan_rest(*a)
-        )
         settings = _settings(tmp_path, source, bulk_reads=True, tables=("ev",))
         run_source("ext", settings)
         assert scanned == []
