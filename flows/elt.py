@@ -19,7 +19,7 @@ from flows.hooks import notify_failure, notify_warnings
 from flows.publish import publish_marts, say_not_published
 from ingestion import registry
 from ingestion.guards import DeletesStopped, GuardError
-from ingestion.pipeline import run_source
+from ingestion.pipeline import never_loaded, run_source
 from ingestion.results import SourceLoad
 from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumable
@@ -234,6 +234,18 @@ def elt(params: EltParameters | None = None) -> RunReport:
     window = params.window()
     try:
         selected = params.selected()
+        if not params.sources:
+            # A run by tag (the 15-minute schedule) builds the models downstream of what it
+            # loads, and those may read a source it does not load: on a new warehouse, before
+            # the first daily run, they had nothing to read and every run failed in dbt.
+            unselected = [s for s in registry.source_names(settings) if s not in selected]
+            if first := never_loaded(unselected, settings):
+                logger.info(
+                    "%s never loaded into this warehouse: this run loads %s too",
+                    ", ".join(first),
+                    "it" if len(first) == 1 else "them",
+                )
+                selected += first
         for source in selected:
             whole, tables = params.refresh_of(source)
             try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import dlt
+import duckdb
 import pyarrow.parquet as pq
 from dlt.common.json import json as dlt_json
 from dlt.common.pipeline import LoadInfo
@@ -41,6 +42,34 @@ from tributary.warehouse import sql_string, warehouse_open
 
 def dataset_name(source: str) -> str:
     return f"raw_{source}"
+
+
+def never_loaded(sources: Sequence[str], settings: Settings) -> list[str]:
+    """Those of ``sources`` the working warehouse holds no completed load of: a new warehouse,
+    one made again by `tributary warehouse restore`, a newly declared source."""
+    if not sources or not settings.warehouse.exists():
+        return list(sources)
+    with (
+        warehouse_lock(settings),
+        warehouse_open(settings) as path,
+        duckdb.connect(str(path)) as connection,
+    ):
+        schemas = {
+            schema
+            for (schema,) in connection.execute(
+                "select table_schema from information_schema.tables where table_name = '_dlt_loads'"
+            ).fetchall()
+        }
+        loaded = {
+            source
+            for source in sources
+            if dataset_name(source) in schemas
+            and connection.execute(
+                f'select exists (select 1 from "{dataset_name(source)}"._dlt_loads'
+                " where status = 0)"
+            ).fetchone()[0]
+        }
+    return [source for source in sources if source not in loaded]
 
 
 class _Warehouse(dlt.destinations.duckdb):  # type: ignore[misc]

@@ -7,16 +7,18 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 
+from demo.generate import generate
 from demo.paths import shop_sqlite_path, shop_url
 from demo.simulate import SimulationResult, simulate
-from flows.elt import elt
+from flows.elt import EltParameters, elt
 from tests.integration.sources import CENT, ExpectedMarts, expected_marts
-from tests.integration.stack import ORDERS, SEED, Loaded, serving
+from tests.integration.stack import END, ORDERS, SEED, Loaded, serving
 from tributary.report import RunReport
 from tributary.settings import Settings
 
@@ -226,3 +228,29 @@ def test_run_history_holds_one_row_per_run_and_per_table(shop: Shop, third_run: 
         "raw_fx",
     }
     assert all(fresh.age_hours is not None and fresh.age_hours < 1 for fresh in third_run.freshness)
+
+
+def test_an_intraday_run_on_a_new_warehouse_loads_the_sources_its_models_read(
+    tmp_path: Path, prefect_server: None
+) -> None:
+    """The 15-minute deployment loads the sources tagged intraday (shop, payments) and builds
+    what is downstream of them, which reads fx too. As the first run of a new warehouse it
+    failed in dbt ("relation staging.stg_fx__exchange_rates doesn't exist"), and so did every
+    run until the first daily one; the deployment tests ran it after a daily run and never saw
+    it. Now it loads fx as well — once: the next intraday run leaves fx to the daily run."""
+    settings = Settings(data_dir=tmp_path)
+    generate(shop_url(settings), settings.demo_api_db, orders=ORDERS, seed=SEED, end=END)
+    intraday = EltParameters(tags=["intraday"], reconcile_deletes=False)
+    with serving(tmp_path, secrets.token_urlsafe(16)) as served:
+        shop = Shop(settings=served.settings, api_url=served.api_url, token=served.token)
+        first = elt(intraday)
+        assert [load.source for load in first.loads] == ["shop", "payments", "fx"]
+        assert first.dbt is not None and first.published is not None
+        assert first.dbt.statuses.keys() <= {"success", "pass"}
+        assert_marts_match(shop, shop.expected())
+        assert_no_duplicate_keys(shop)
+
+        second = elt(intraday)
+        assert [load.source for load in second.loads] == ["shop", "payments"]
+        assert all(new == 0 for new, _ in _loaded(second).values()), _loaded(second)
+        assert_marts_match(shop, shop.expected())
