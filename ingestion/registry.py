@@ -15,7 +15,12 @@ from sqlalchemy.engine import URL
 from ingestion import declared
 from ingestion.declared import RestApiSource, SourcesFile, SqlDatabaseSource
 from ingestion.rest_api import accepted_values, rest_api, windowed_resources
-from ingestion.sql_database import TablePlan, database_url, plan_tables, sql_database_source
+from ingestion.sql_database import (
+    TablePlan,
+    database_url,
+    reflect_tables,
+    sql_database_source,
+)
 from ingestion.sql_database.helpers import NAMING
 from tributary.settings import ConfigurationError, Settings
 
@@ -127,7 +132,7 @@ def build(
             )
         url = sql_url(name, settings)
         assert url is not None
-        plans = plan_tables(name, source, url)
+        plans, metadata = reflect_tables(name, source, url)
         salt = (
             declared.resolve(source.mask_salt, f"sources.{name}.mask_salt")
             if source.mask_salt is not None and any(plan.mask for plan in plans.values())
@@ -138,6 +143,7 @@ def build(
             source,
             url,
             plans,
+            metadata,
             bulk_tables=bulk_tables,
             cursor_limit=cursor_limit,
             mask_salt=salt,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.normalizers.naming.snake_case import NamingConvention
-from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.engine.reflection import Inspector
+from sqlalchemy import Table
+from sqlalchemy.engine import URL, make_url
 
 from ingestion.declared import SqlDatabaseSource, matches
 from ingestion.sql_database.settings import DRIVERS
@@ -93,19 +93,14 @@ def select_tables(name: str, declaration: SqlDatabaseSource, available: Sequence
     ]
 
 
-def plan_table(
-    name: str, declaration: SqlDatabaseSource, table: str, inspector: Inspector | Engine
-) -> TablePlan:
-    """The table's options checked against its columns: every named column exists, a merge has
-    a key (declared or the table's own), an append has a cursor."""
+def plan_table(name: str, declaration: SqlDatabaseSource, reflected_table: Table) -> TablePlan:
+    """The table's options checked against its columns (as reflected): every named column
+    exists, a merge has a key (declared or the table's own), an append has a cursor."""
+    table = reflected_table.name
     options = declaration.options(table)
     where = f"sources.{name}.tables.{table}"
-    inspect = inspector if isinstance(inspector, Inspector) else Inspector.from_engine(inspector)
-    columns = [column["name"] for column in inspect.get_columns(table, schema=declaration.schema_)]
-    reflected = (
-        inspect.get_pk_constraint(table, schema=declaration.schema_).get("constrained_columns")
-        or []
-    )
+    columns = [column.name for column in reflected_table.columns]
+    reflected = [column.name for column in reflected_table.primary_key.columns]
     declared = options.primary_key
     keys = ([declared] if isinstance(declared, str) else list(declared)) if declared else reflected
     mode = options.mode or "merge"
