@@ -13,7 +13,14 @@ process:
 - ``flow's dbt step``: ``run_dbt`` inside a flow, as ``elt`` and ``dbt`` call it, after imports:
   one task run per node;
 - ``flow, prefect-dbt as shipped``: the same with prefect-dbt's own ``PrefectDbtRunner``, whose
-  node threads rebuild Prefect's settings and clients (what ``tributary.dbt`` avoids).
+  node threads rebuild Prefect's settings and clients (what ``tributary.dbt`` avoids);
+- ``plain parts``: the three sources loaded by calling ``run_source`` (no flow), then the plain
+  dbt build, after imports;
+- ``elt flow``: the ``elt`` flow against the server, loading the same sources and building the
+  same selection (then publishing and recording the run, as it always does), after imports.
+
+Every load is a re-run without changes (each still re-reads its lag window and merges it). The
+ratio ``elt flow`` / ``plain parts`` is what orchestration costs a whole run.
 
 The in-process children also report their CPU seconds, and the flow ones how many Prefect
 ``Settings`` and API clients were built during the step, how many task runs the server
@@ -38,19 +45,21 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-PATHS = ("cli", "plain", "flow", "shipped")
+PATHS = ("cli", "plain", "flow", "shipped", "parts", "elt")
 LABELS = {
     "cli": "dbt build (CLI)",
     "plain": "plain dbt build",
     "flow": "flow's dbt step",
     "shipped": "flow, prefect-dbt as shipped",
+    "parts": "plain parts: loads + dbt build",
+    "elt": "elt flow",
 }
 TOKEN = "bench-token"
 
@@ -58,8 +67,10 @@ TOKEN = "bench-token"
 # --- the sample warehouse and the server, in the parent -------------------------------------
 
 
-def make_warehouse(data_dir: Path, orders: int) -> None:
-    """The demo shop at ``orders`` orders, its sources ingested into ``data_dir``'s warehouse."""
+@contextmanager
+def sample_warehouse(data_dir: Path, orders: int) -> Iterator[None]:
+    """The demo shop at ``orders`` orders, its sources ingested into ``data_dir``'s warehouse;
+    its API serves (this process's environment names it) until the block ends."""
     from demo import paths
     from demo.api import serve_in_background
     from demo.generate import generate
@@ -75,6 +86,7 @@ def make_warehouse(data_dir: Path, orders: int) -> None:
         os.environ["TRIBUTARY_FX_API_URL"] = base_url
         for source in registry.source_names(settings):
             run_source(source, settings)
+        yield
 
 
 def _free_port() -> int:
@@ -209,6 +221,41 @@ def _run_plain(args: list[str]) -> dict[str, Any]:
     return {"seconds": seconds, "cpu": cpu, "nodes": nodes, "ok": result.success}
 
 
+def _run_parts(args: list[str]) -> dict[str, Any]:
+    from dbt.cli.main import dbtRunner
+
+    from ingestion import registry
+    from ingestion.pipeline import run_source
+    from tributary.settings import DBT_PROJECT_DIR, get_settings
+
+    project = ["--profiles-dir", str(DBT_PROJECT_DIR), "--project-dir", str(DBT_PROJECT_DIR)]
+    started, cpu = time.perf_counter(), time.process_time()
+    settings = get_settings()
+    for source in registry.source_names(settings):
+        run_source(source, settings)
+    result = dbtRunner().invoke([*args, *project])
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    nodes = len(result.result.results) if result.result is not None else 0
+    return {"seconds": seconds, "cpu": cpu, "nodes": nodes, "ok": result.success}
+
+
+def _run_elt(args: list[str]) -> dict[str, Any]:
+    from flows.elt import EltParameters, elt
+
+    select = args[args.index("--select") + 1 :] if "--select" in args else []
+    params = EltParameters(dbt_select=select) if select else EltParameters(dbt="all")
+    counts = _count_constructions()
+    started, cpu = time.perf_counter(), time.process_time()
+    state = elt(params, return_state=True)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    report = state.result() if state.is_completed() else None
+    nodes = len(report.dbt.nodes) if report is not None and report.dbt is not None else 0
+    figures = {"seconds": seconds, "cpu": cpu, "nodes": nodes, "ok": state.is_completed()}
+    figures["settings"], figures["clients"] = counts["settings"], counts["clients"]
+    figures["task_runs"] = _recorded_task_runs(state.state_details.flow_run_id)
+    return figures
+
+
 def _run_flow(args: list[str]) -> dict[str, Any]:
     from prefect import flow
 
@@ -238,16 +285,24 @@ def _run_flow(args: list[str]) -> dict[str, Any]:
 IMPORTS = {
     "plain": ("dbt.cli.main", "dbt.adapters.duckdb"),
     "flow": ("prefect", "tributary.dbt", "dbt.adapters.duckdb", "prefect.task_engine"),
+    "parts": ("dbt.cli.main", "dbt.adapters.duckdb", "ingestion.pipeline", "ingestion.registry"),
+    "elt": ("flows.elt", "dbt.adapters.duckdb", "prefect.task_engine"),
+}
+RUNS = {
+    "plain": _run_plain,
+    "flow": _run_flow,
+    "shipped": _run_flow,
+    "parts": _run_parts,
+    "elt": _run_elt,
 }
 
 
 def child(path: str, args: list[str]) -> None:
-    for module in IMPORTS["plain" if path == "plain" else "flow"]:
+    for module in IMPORTS.get(path, IMPORTS["flow"]):
         importlib.import_module(module)
     if path == "shipped":
         _use_shipped_runner()
-    result = _run_plain(args) if path == "plain" else _run_flow(args)
-    print(json.dumps(result))
+    print(json.dumps(RUNS[path](args)))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -305,10 +360,11 @@ def run(orders: int, repeats: int, select: list[str], console: Console) -> dict[
     args = build_args(select, [])
     samples: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
     load_before = os.getloadavg()
-    with tempfile.TemporaryDirectory(prefix="tributary-bench-dbt-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tributary-bench-dbt-") as tmp, ExitStack() as stack:
         data_dir = Path(tmp) / "data"
+        stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
         console.print(f"Making a sample warehouse ({orders:,} orders) in {data_dir} …")
-        make_warehouse(data_dir, orders)
+        stack.enter_context(sample_warehouse(data_dir, orders))
         settings = Settings(data_dir=data_dir)
         environment = {
             **os.environ,
@@ -342,9 +398,8 @@ def run(orders: int, repeats: int, select: list[str], console: Console) -> dict[
                             f"{result['server_cpu']:.2f} s"
                         )
                     console.print(
-                        f"  round {round_ + 1} {LABELS[path]:<29} {result['seconds']:7.2f} s{extra}"
+                        f"  round {round_ + 1} {LABELS[path]:<30} {result['seconds']:7.2f} s{extra}"
                     )
-        shutil.rmtree(data_dir, ignore_errors=True)
     figures = summarise(orders, select, samples)
     figures["load_average"] = {
         "start": [round(value, 2) for value in load_before],
@@ -369,6 +424,10 @@ def summarise(
             if any(key in sample for sample in runs):
                 row[key] = statistics.median(sample.get(key, 0) for sample in runs)
         figures["paths"][path] = row
+    if samples.get("elt") and samples.get("parts"):
+        figures["elt_over_parts"] = round(
+            figures["paths"]["elt"]["seconds"] / figures["paths"]["parts"]["seconds"], 3
+        )
     return figures
 
 
@@ -406,6 +465,10 @@ def print_table(figures: dict[str, Any], console: Console) -> None:
             ),
         )
     console.print(table)
+    if "elt_over_parts" in figures:
+        console.print(
+            f"elt flow / its plain parts: {figures['elt_over_parts']:.2f}x (target <= 1.3x)"
+        )
     load = figures["load_average"]
     console.print(
         f"Load average (1, 5, 15 min): {load['start']} at the start, {load['end']} at the end."
