@@ -8,6 +8,7 @@ warehouse (what changed, deferring the rest to production; no lock, nothing publ
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 from typing import Literal
 
 import prefect.runtime
@@ -19,6 +20,7 @@ from flows.hooks import notify_failure
 from flows.publish import publish_marts, say_not_published
 from tributary import dev
 from tributary.dbt import DbtSummary, build_args, run_dbt_resumable
+from tributary.lock import warehouse_lock
 from tributary.report import RunReport
 from tributary.runs import begin_run, local_run
 from tributary.settings import Settings, get_settings
@@ -62,29 +64,33 @@ def build(params: DbtBuildParameters | None = None) -> DbtSummary:
     if params.target == "dev":
         return _dev_build(params, settings)
     journal = begin_run(settings, "dbt")
-    # A retry of this flow run resumes from the failed nodes (`dbt retry`).
-    try:
-        summary = run_dbt_resumable(
-            params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
+    with ExitStack() as hold:
+        try:
+            # The warehouse, held once from the build to the run's record (each step takes
+            # it again at no cost): no other run writes between this build and its
+            # publication. A retry of this flow run resumes from the failed nodes.
+            hold.enter_context(warehouse_lock(settings))
+            summary = run_dbt_resumable(
+                params.dbt_args(), settings, run_key=str(prefect.runtime.flow_run.id)
+            )
+        except Exception as exc:
+            say_not_published(exc)
+            journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse))
+            raise
+        get_run_logger().info(
+            "dbt %s: %d models built, %d tests passed",
+            summary.command,
+            summary.models_built,
+            summary.tests_passed,
         )
-    except Exception as exc:
-        say_not_published(exc)
-        journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse))
-        raise
-    get_run_logger().info(
-        "dbt %s: %d models built, %d tests passed",
-        summary.command,
-        summary.models_built,
-        summary.tests_passed,
-    )
-    journal.publishing(RunReport(warehouse=settings.warehouse, dbt=summary))
-    try:
-        published = publish_marts(summary)
-    except Exception as exc:
-        journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse, dbt=summary))
-        raise
-    report = RunReport(warehouse=settings.warehouse, dbt=summary, published=published)
-    journal.finish("completed", None, report)
+        journal.publishing(RunReport(warehouse=settings.warehouse, dbt=summary))
+        try:
+            published = publish_marts(summary)
+        except Exception as exc:
+            journal.finish("failed", str(exc), RunReport(warehouse=settings.warehouse, dbt=summary))
+            raise
+        report = RunReport(warehouse=settings.warehouse, dbt=summary, published=published)
+        journal.finish("completed", None, report)
     create_markdown_artifact(
         key="dbt-build-report", markdown=report.to_markdown(), description="tributary dbt build"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import replace
 from datetime import date
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from ingestion.results import SourceLoad
 from tributary.commands import command
 from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumable
 from tributary.errors import retry_if_transient
+from tributary.lock import warehouse_lock
 from tributary.report import RunReport
 from tributary.runs import begin_run, journaled_load_ids, local_run
 from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
@@ -232,105 +234,113 @@ def elt(params: EltParameters | None = None) -> RunReport:
     started = time.monotonic()
     loads: list[SourceLoad] = []
     window = params.window()
-    try:
-        selected = params.selected()
-        if not params.sources:
-            # A run by tag (the 15-minute schedule) builds the models downstream of what it
-            # loads, and those may read a source it does not load: on a new warehouse, before
-            # the first daily run, they had nothing to read and every run failed in dbt.
-            unselected = [s for s in registry.source_names(settings) if s not in selected]
-            if first := never_loaded(unselected, settings):
-                logger.info(
-                    "%s never loaded into this warehouse: this run loads %s too",
-                    ", ".join(first),
-                    "it" if len(first) == 1 else "them",
-                )
-                selected += first
-        for source in selected:
-            whole, tables = params.refresh_of(source)
-            try:
-                load = ingest(
-                    source,
-                    full_refresh=whole,
-                    refresh_tables=tables,
-                    window=window if window and registry.windowed(source, settings) else None,
-                    reconcile_deletes=params.reconcile_deletes,
-                    confirm_deletes=params.confirm_deletes,
-                )
-            except Exception as exc:
-                if isinstance(exc, GuardError) and exc.load is not None:
-                    loads.append(exc.load)  # it stopped after loading: its history counts
-                note = None
-                if isinstance(exc, DeletesStopped):
-                    note = (
-                        f"If the source really lost those rows, delete them: `{_confirmed(params)}`"
+    # The warehouse, held once from the build to the run's record (`hold`, below).
+    with ExitStack() as hold:
+        try:
+            selected = params.selected()
+            if not params.sources:
+                # A run by tag (the 15-minute schedule) builds the models downstream of what it
+                # loads, and those may read a source it does not load: on a new warehouse, before
+                # the first daily run, they had nothing to read and every run failed in dbt.
+                unselected = [s for s in registry.source_names(settings) if s not in selected]
+                if first := never_loaded(unselected, settings):
+                    logger.info(
+                        "%s never loaded into this warehouse: this run loads %s too",
+                        ", ".join(first),
+                        "it" if len(first) == 1 else "them",
                     )
-                raise StepFailed(f"ingest {source}", exc, note=note) from exc
-            loads.append(load)
-            journal.record(RunReport(warehouse=settings.warehouse, loads=loads))
+                    selected += first
+            for source in selected:
+                whole, tables = params.refresh_of(source)
+                try:
+                    load = ingest(
+                        source,
+                        full_refresh=whole,
+                        refresh_tables=tables,
+                        window=window if window and registry.windowed(source, settings) else None,
+                        reconcile_deletes=params.reconcile_deletes,
+                        confirm_deletes=params.confirm_deletes,
+                    )
+                except Exception as exc:
+                    if isinstance(exc, GuardError) and exc.load is not None:
+                        loads.append(exc.load)  # it stopped after loading: its history counts
+                    note = None
+                    if isinstance(exc, DeletesStopped):
+                        again = _confirmed(params)
+                        note = f"If the source really lost those rows, delete them: `{again}`"
+                    raise StepFailed(f"ingest {source}", exc, note=note) from exc
+                loads.append(load)
+                journal.record(RunReport(warehouse=settings.warehouse, loads=loads))
+                logger.info(
+                    "ingest %s: %d rows into %s (%s)",
+                    source,
+                    load.rows_loaded,
+                    load.dataset,
+                    ", ".join(
+                        f"{t.table} {t.new} new/{t.updated} updated/{t.deleted} deleted"
+                        + (f"/{t.quarantined} quarantined" if t.quarantined else "")
+                        for t in load.tables
+                    ),
+                )
+                if load.carried:
+                    logger.warning(
+                        "ingest %s: the counts include load(s) %s of an earlier run, killed after "
+                        "loading and before reporting them",
+                        source,
+                        ", ".join(load.carried),
+                    )
+                for change in load.schema_changes:
+                    logger.warning("ingest %s: schema drift: %s", source, change.describe())
+                for count in load.quarantined:
+                    logger.warning(
+                        "ingest %s: %d row(s) of %s quarantined (%d new): %s; keys %s",
+                        source,
+                        count.rows,
+                        count.table,
+                        count.new_rows,
+                        count.reason,
+                        ", ".join(count.example_keys) or "none",
+                    )
+            dbt: DbtSummary | None = None
+            published = None
+            dbt_args = params.dbt_args([load.source for load in loads])
+            if dbt_args is None:
+                logger.info(
+                    "dbt: no models to build for %s; nothing published", ", ".join(selected)
+                )
+            else:
+                # From the build to the run's record the warehouse is held once (each step
+                # takes it again at no cost): no other run writes between this build and its
+                # publication, and no slot is asked of the server as the publish task starts
+                # or ends (on SQLite it then often answers 503 and the client waits 2 s).
+                hold.enter_context(warehouse_lock(settings))
+                try:
+                    dbt = run_dbt_resumable(
+                        dbt_args, settings, run_key=str(prefect.runtime.flow_run.id)
+                    )
+                except Exception as exc:
+                    raise StepFailed("dbt build", exc, note=say_not_published(exc)) from exc
+                journal.publishing(RunReport(warehouse=settings.warehouse, loads=loads, dbt=dbt))
+                try:
+                    published = publish_marts(dbt)
+                except Exception as exc:
+                    raise StepFailed("publish", exc) from exc
+        except Exception as exc:
+            failed = RunReport(warehouse=settings.warehouse, loads=loads)
+            journal.finish("failed", str(exc), failed)
+            raise
+        if dbt is not None:
             logger.info(
-                "ingest %s: %d rows into %s (%s)",
-                source,
-                load.rows_loaded,
-                load.dataset,
-                ", ".join(
-                    f"{t.table} {t.new} new/{t.updated} updated/{t.deleted} deleted"
-                    + (f"/{t.quarantined} quarantined" if t.quarantined else "")
-                    for t in load.tables
-                ),
+                "dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed
             )
-            if load.carried:
-                logger.warning(
-                    "ingest %s: the counts include load(s) %s of an earlier run, killed after "
-                    "loading and before reporting them",
-                    source,
-                    ", ".join(load.carried),
-                )
-            for change in load.schema_changes:
-                logger.warning("ingest %s: schema drift: %s", source, change.describe())
-            for count in load.quarantined:
-                logger.warning(
-                    "ingest %s: %d row(s) of %s quarantined (%d new): %s; keys %s",
-                    source,
-                    count.rows,
-                    count.table,
-                    count.new_rows,
-                    count.reason,
-                    ", ".join(count.example_keys) or "none",
-                )
-        dbt: DbtSummary | None = None
-        published = None
-        dbt_args = params.dbt_args([load.source for load in loads])
-        if dbt_args is None:
-            logger.info("dbt: no models to build for %s; nothing published", ", ".join(selected))
-        else:
-            try:
-                dbt = run_dbt_resumable(
-                    dbt_args, settings, run_key=str(prefect.runtime.flow_run.id)
-                )
-            except Exception as exc:
-                raise StepFailed("dbt build", exc, note=say_not_published(exc)) from exc
-            journal.publishing(RunReport(warehouse=settings.warehouse, loads=loads, dbt=dbt))
-            try:
-                published = publish_marts(dbt)
-            except Exception as exc:
-                raise StepFailed("publish", exc) from exc
-    except Exception as exc:
-        failed = RunReport(warehouse=settings.warehouse, loads=loads)
-        journal.finish("failed", str(exc), failed)
-        raise
-    if dbt is not None:
-        logger.info(
-            "dbt build: %d models built, %d tests passed", dbt.models_built, dbt.tests_passed
+        report = RunReport(
+            warehouse=settings.warehouse,
+            loads=loads,
+            dbt=dbt,
+            published=published,
+            seconds=time.monotonic() - started,
         )
-    report = RunReport(
-        warehouse=settings.warehouse,
-        loads=loads,
-        dbt=dbt,
-        published=published,
-        seconds=time.monotonic() - started,
-    )
-    freshness = journal.finish("completed", None, report)
+        freshness = journal.finish("completed", None, report)
     report = replace(report, freshness=freshness)
     create_markdown_artifact(
         key="elt-run-report", markdown=report.to_markdown(), description="tributary elt run"

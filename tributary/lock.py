@@ -9,8 +9,10 @@ equivalent lock file beside the warehouse serialises writers across processes.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -37,9 +39,41 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger(__name__)
 
 
+# The warehouse locks this context holds, as (thread, lock): a step run inside a longer hold
+# takes no second slot. (Keyed by thread too: a thread started in a copy of this context holds
+# nothing.)
+_HELD: ContextVar[frozenset[tuple[int, str]]] = ContextVar(
+    "tributary_warehouse_held", default=frozenset()
+)
+
+
 @contextmanager
 def warehouse_lock(settings: Settings) -> Iterator[None]:
-    """Hold the warehouse for writing; waits (up to ``lock_timeout_seconds``) for another writer."""
+    """Hold the warehouse for writing; waits (up to ``lock_timeout_seconds``) for another writer.
+
+    Re-entrant: inside a block that holds it, the same thread takes it again at no cost, so a
+    flow can hold the warehouse across consecutive writes (the build, the publication, the
+    run's record) with one slot instead of one per step. That matters with a Prefect server on
+    SQLite: a slot asked for as a task run starts or ends meets the server writing that task
+    run, gets a 503 ("database is locked") and waits the client's 2 s back-off."""
+    key = (
+        threading.get_ident(),
+        WAREHOUSE_LIMIT if server_configured() else str(settings.warehouse),
+    )
+    held = _HELD.get()
+    if key in held:
+        yield
+        return
+    with _hold(settings):
+        token = _HELD.set(held | {key})
+        try:
+            yield
+        finally:
+            _HELD.reset(token)
+
+
+@contextmanager
+def _hold(settings: Settings) -> Iterator[None]:
     timeout = settings.lock_timeout_seconds
     if server_configured():
         try:

@@ -31,10 +31,10 @@ from flows.elt import StepFailed, elt
 from tests.integration.sources import read_shop
 from tests.integration.stack import ORDERS, SEED, Loaded, serving
 from tests.integration.test_elt_flow import MART_KEYS, Shop, assert_marts_match
+from tests.locks import held_by_another_run
 from tests.readers import held_connection, poller
 from tributary import dev
 from tributary.cli import app
-from tributary.lock import warehouse_lock
 from tributary.publish import Publication, current
 from tributary.report import RunReport
 from tributary.settings import DBT_PROJECT_DIR
@@ -224,7 +224,7 @@ def test_an_analyst_builds_a_changed_mart_in_dev_and_reads_the_rest_from_product
     working = hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest()
 
     with (
-        warehouse_lock(shop.settings),
+        held_by_another_run(shop.settings),
         duckdb.connect(str(shop.settings.warehouse)),  # a writer holds the working warehouse
     ):
         result = dev.build(settings, (), project, capture=True)
@@ -318,7 +318,7 @@ def test_the_dbt_flow_builds_an_analysts_dev_warehouse_without_touching_producti
     working = hashlib.sha256(shop.settings.warehouse.read_bytes()).hexdigest()
     journals = sorted((shop.settings.data_dir / "ops" / "runs").glob("*"))
     with (
-        warehouse_lock(shop.settings),
+        held_by_another_run(shop.settings),
         duckdb.connect(str(shop.settings.warehouse)),
     ):
         state = build(

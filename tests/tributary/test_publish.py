@@ -13,11 +13,11 @@ import duckdb
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from tests.locks import held_by_another_run
 from tests.readers import held_connection
 from tributary.cli import _print_summary
 from tributary.dbt import DbtFailed, DbtSummary, NodeResult
 from tributary.errors import is_transient
-from tributary.lock import warehouse_lock
 from tributary.publish import (
     MANIFEST,
     NotPublished,
@@ -340,7 +340,7 @@ def test_publish_restore_points_readers_back_and_refuses_during_a_run(
     publish(settings, _build(*MARTS), flow_run_id="run-2", project=MARTS)
     assert _query(settings.published, AGREEMENT) == [(45, 45, 45)]
 
-    with warehouse_lock(settings), pytest.raises(WarehouseInUse, match="holds the warehouse"):
+    with held_by_another_run(settings), pytest.raises(WarehouseInUse, match="holds the warehouse"):
         restore_published(settings)
     assert restore_published(settings) == first
     assert _query(settings.published, AGREEMENT) == [(30, 30, 30)]
@@ -390,7 +390,7 @@ def test_warehouse_restore_rebuilds_from_the_published_set_and_forgets_dlt_state
     os.truncate(settings.warehouse, 1000)
     broken = settings.warehouse.read_bytes()
 
-    with warehouse_lock(settings), pytest.raises(WarehouseInUse):
+    with held_by_another_run(settings), pytest.raises(WarehouseInUse):
         restore_warehouse(settings)
     result = restore_warehouse(settings)
 
