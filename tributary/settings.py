@@ -17,6 +17,12 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# dlt reads its configuration (.dlt/config.toml: the load id on arrow rows, aborting a terminal
+# load error, no telemetry) and secrets (.dlt/secrets.toml) from the working directory unless
+# DLT_PROJECT_DIR says where: a run started from another folder ran without them, and the
+# first load of a PostgreSQL table failed ("tiny_orders does not have a column _dlt_load_id").
+# dlt reads the variable when it first resolves a setting, after this import.
+os.environ.setdefault("DLT_PROJECT_DIR", str(PROJECT_ROOT))
 DEFAULT_DATA_DIR = PROJECT_ROOT / "data"
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 # What a published file holds: the marts dbt builds (published only from a passing build),
