@@ -3,6 +3,7 @@ thread that holds it (a flow holds it across its last steps with one slot)."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ def _other_thread_takes_it(settings: Settings) -> BaseException | float:
         except BaseException as exc:
             outcome.append(exc)
 
-    thread = threading.Thread(target=take)
+    # In a copy of this context (the same Prefect settings, so the same lock), holding
+    # nothing of it: the lock is keyed by thread.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(take,))
     thread.start()
     thread.join(60)
     return outcome[0]
@@ -45,7 +48,8 @@ def _reentrant_in_its_thread_only(settings: Settings) -> None:
 def test_the_lock_file_is_reentrant_in_its_thread_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # No server (another test may have left one in Prefect's settings): the lock file.
+    monkeypatch.setattr("tributary.lock.server_configured", lambda: False)
     settings = Settings(data_dir=tmp_path, lock_timeout_seconds=1)
     _reentrant_in_its_thread_only(settings)
     assert Path(f"{settings.warehouse}.lock").exists()
