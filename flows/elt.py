@@ -27,7 +27,7 @@ from tributary.dbt import DbtSummary, build_args, downstream_of, run_dbt_resumab
 from tributary.errors import retry_if_transient
 from tributary.lock import warehouse_lock
 from tributary.report import RunReport
-from tributary.runs import begin_run, journaled_load_ids, local_run
+from tributary.runs import RunJournal, begin_run, journaled_load_ids, local_run
 from tributary.settings import DBT_PROJECT_DIR, Settings, get_settings
 
 
@@ -219,6 +219,81 @@ def ingest(
     )
 
 
+def _ingest_sources(
+    params: EltParameters, settings: Settings, journal: RunJournal, loads: list[SourceLoad]
+) -> list[str]:
+    """Ingest each source the run selects, in its own retried task, appending each load to
+    ``loads`` (and the run's journal) as it completes: a failure keeps those before it. Returns
+    the sources ingested."""
+    logger = get_run_logger()
+    window = params.window()
+    selected = params.selected()
+    if not params.sources:
+        # A run by tag (the 15-minute schedule) builds the models downstream of what it
+        # loads, and those may read a source it does not load: on a new warehouse, before
+        # the first daily run, they had nothing to read and every run failed in dbt.
+        unselected = [s for s in registry.source_names(settings) if s not in selected]
+        if first := never_loaded(unselected, settings):
+            logger.info(
+                "%s never loaded into this warehouse: this run loads %s too",
+                ", ".join(first),
+                "it" if len(first) == 1 else "them",
+            )
+            selected += first
+    for source in selected:
+        whole, tables = params.refresh_of(source)
+        try:
+            load = ingest(
+                source,
+                full_refresh=whole,
+                refresh_tables=tables,
+                window=window if window and registry.windowed(source, settings) else None,
+                reconcile_deletes=params.reconcile_deletes,
+                confirm_deletes=params.confirm_deletes,
+            )
+        except Exception as exc:
+            if isinstance(exc, GuardError) and exc.load is not None:
+                loads.append(exc.load)  # it stopped after loading: its history counts
+            note = None
+            if isinstance(exc, DeletesStopped):
+                again = _confirmed(params)
+                note = f"If the source really lost those rows, delete them: `{again}`"
+            raise StepFailed(f"ingest {source}", exc, note=note) from exc
+        loads.append(load)
+        journal.record(RunReport(warehouse=settings.warehouse, loads=loads))
+        logger.info(
+            "ingest %s: %d rows into %s (%s)",
+            source,
+            load.rows_loaded,
+            load.dataset,
+            ", ".join(
+                f"{t.table} {t.new} new/{t.updated} updated/{t.deleted} deleted"
+                + (f"/{t.quarantined} quarantined" if t.quarantined else "")
+                for t in load.tables
+            ),
+        )
+        if load.carried:
+            logger.warning(
+                "ingest %s: the counts include load(s) %s of an earlier run, killed after "
+                "loading and before reporting them",
+                source,
+                ", ".join(load.carried),
+            )
+        for change in load.schema_changes:
+            logger.warning("ingest %s: schema drift: %s", source, change.describe())
+        for count in load.quarantined:
+            logger.warning(
+                "ingest %s: %d row(s) of %s quarantined (%d new): %s; keys %s",
+                source,
+                count.rows,
+                count.table,
+                count.new_rows,
+                count.reason,
+                ", ".join(count.example_keys) or "none",
+            )
+    return selected
+
+
 @flow(
     name="elt",
     log_prints=True,
@@ -233,74 +308,10 @@ def elt(params: EltParameters | None = None) -> RunReport:
     journal = begin_run(settings, "elt")
     started = time.monotonic()
     loads: list[SourceLoad] = []
-    window = params.window()
     # The warehouse, held once from the build to the run's record (`hold`, below).
     with ExitStack() as hold:
         try:
-            selected = params.selected()
-            if not params.sources:
-                # A run by tag (the 15-minute schedule) builds the models downstream of what it
-                # loads, and those may read a source it does not load: on a new warehouse, before
-                # the first daily run, they had nothing to read and every run failed in dbt.
-                unselected = [s for s in registry.source_names(settings) if s not in selected]
-                if first := never_loaded(unselected, settings):
-                    logger.info(
-                        "%s never loaded into this warehouse: this run loads %s too",
-                        ", ".join(first),
-                        "it" if len(first) == 1 else "them",
-                    )
-                    selected += first
-            for source in selected:
-                whole, tables = params.refresh_of(source)
-                try:
-                    load = ingest(
-                        source,
-                        full_refresh=whole,
-                        refresh_tables=tables,
-                        window=window if window and registry.windowed(source, settings) else None,
-                        reconcile_deletes=params.reconcile_deletes,
-                        confirm_deletes=params.confirm_deletes,
-                    )
-                except Exception as exc:
-                    if isinstance(exc, GuardError) and exc.load is not None:
-                        loads.append(exc.load)  # it stopped after loading: its history counts
-                    note = None
-                    if isinstance(exc, DeletesStopped):
-                        again = _confirmed(params)
-                        note = f"If the source really lost those rows, delete them: `{again}`"
-                    raise StepFailed(f"ingest {source}", exc, note=note) from exc
-                loads.append(load)
-                journal.record(RunReport(warehouse=settings.warehouse, loads=loads))
-                logger.info(
-                    "ingest %s: %d rows into %s (%s)",
-                    source,
-                    load.rows_loaded,
-                    load.dataset,
-                    ", ".join(
-                        f"{t.table} {t.new} new/{t.updated} updated/{t.deleted} deleted"
-                        + (f"/{t.quarantined} quarantined" if t.quarantined else "")
-                        for t in load.tables
-                    ),
-                )
-                if load.carried:
-                    logger.warning(
-                        "ingest %s: the counts include load(s) %s of an earlier run, killed after "
-                        "loading and before reporting them",
-                        source,
-                        ", ".join(load.carried),
-                    )
-                for change in load.schema_changes:
-                    logger.warning("ingest %s: schema drift: %s", source, change.describe())
-                for count in load.quarantined:
-                    logger.warning(
-                        "ingest %s: %d row(s) of %s quarantined (%d new): %s; keys %s",
-                        source,
-                        count.rows,
-                        count.table,
-                        count.new_rows,
-                        count.reason,
-                        ", ".join(count.example_keys) or "none",
-                    )
+            selected = _ingest_sources(params, settings, journal, loads)
             dbt: DbtSummary | None = None
             published = None
             dbt_args = params.dbt_args([load.source for load in loads])
