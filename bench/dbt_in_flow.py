@@ -31,6 +31,7 @@ One table of medians is printed, then the same figures as one JSON object.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -74,8 +75,6 @@ def sample_warehouse(data_dir: Path, orders: int) -> Iterator[None]:
     from demo import paths
     from demo.api import serve_in_background
     from demo.generate import generate
-    from ingestion import registry
-    from ingestion.pipeline import run_source
     from tributary.settings import Settings
 
     settings = Settings(data_dir=data_dir)
@@ -84,9 +83,17 @@ def sample_warehouse(data_dir: Path, orders: int) -> Iterator[None]:
     with serve_in_background(settings.demo_api_db, TOKEN) as base_url:
         os.environ["TRIBUTARY_PAYMENTS_API_URL"] = base_url
         os.environ["TRIBUTARY_FX_API_URL"] = base_url
-        for source in registry.source_names(settings):
-            run_source(source, settings)
+        load_every_source(settings)
         yield
+
+
+def load_every_source(settings: Any) -> None:
+    """Each declared source loaded by calling ``run_source``, without a flow."""
+    from ingestion import registry
+    from ingestion.pipeline import run_source
+
+    for source in registry.source_names(settings):
+        run_source(source, settings)
 
 
 def _free_port() -> int:
@@ -208,31 +215,16 @@ def _recorded_task_runs(flow_run_id: Any, timeout: float = 120) -> int:
             time.sleep(2)
 
 
-def _run_plain(args: list[str]) -> dict[str, Any]:
+def _run_plain(args: list[str], *, loads: bool = False) -> dict[str, Any]:
+    """The plain dbt build; with ``loads``, every source loaded first (the plain parts)."""
     from dbt.cli.main import dbtRunner
 
-    from tributary.settings import DBT_PROJECT_DIR
-
-    project = ["--profiles-dir", str(DBT_PROJECT_DIR), "--project-dir", str(DBT_PROJECT_DIR)]
-    started, cpu = time.perf_counter(), time.process_time()
-    result = dbtRunner().invoke([*args, *project])
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    nodes = len(result.result.results) if result.result is not None else 0
-    return {"seconds": seconds, "cpu": cpu, "nodes": nodes, "ok": result.success}
-
-
-def _run_parts(args: list[str]) -> dict[str, Any]:
-    from dbt.cli.main import dbtRunner
-
-    from ingestion import registry
-    from ingestion.pipeline import run_source
     from tributary.settings import DBT_PROJECT_DIR, get_settings
 
     project = ["--profiles-dir", str(DBT_PROJECT_DIR), "--project-dir", str(DBT_PROJECT_DIR)]
     started, cpu = time.perf_counter(), time.process_time()
-    settings = get_settings()
-    for source in registry.source_names(settings):
-        run_source(source, settings)
+    if loads:
+        load_every_source(get_settings())
     result = dbtRunner().invoke([*args, *project])
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     nodes = len(result.result.results) if result.result is not None else 0
@@ -292,7 +284,7 @@ RUNS = {
     "plain": _run_plain,
     "flow": _run_flow,
     "shipped": _run_flow,
-    "parts": _run_parts,
+    "parts": functools.partial(_run_plain, loads=True),
     "elt": _run_elt,
 }
 
