@@ -345,12 +345,18 @@ def measure(path: str, args: list[str], environment: dict[str, str]) -> dict[str
 # --- the benchmark --------------------------------------------------------------------------
 
 
-def run(orders: int, repeats: int, select: list[str], console: Console) -> dict[str, Any]:
+def run(
+    orders: int,
+    repeats: int,
+    select: list[str],
+    console: Console,
+    paths: tuple[str, ...] = PATHS,
+) -> dict[str, Any]:
     from tributary.dbt import build_args, dbt_environment
     from tributary.settings import Settings
 
     args = build_args(select, [])
-    samples: dict[str, list[dict[str, Any]]] = {path: [] for path in PATHS}
+    samples: dict[str, list[dict[str, Any]]] = {path: [] for path in paths}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tributary-bench-dbt-") as tmp, ExitStack() as stack:
         data_dir = Path(tmp) / "data"
@@ -371,7 +377,7 @@ def run(orders: int, repeats: int, select: list[str], console: Console) -> dict[
             console.print("  untimed warm-up build (schemas, partial parse) …")
             measure("cli", args, environment)
             for round_ in range(repeats):
-                for path in PATHS:
+                for path in paths:
                     before = cpu_seconds(server)
                     result = measure(path, args, environment)
                     if "task_runs" in result:
@@ -472,6 +478,13 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=2000, help="orders in the sample shop")
     parser.add_argument("--repeats", type=int, default=3, help="runs per path (median)")
     parser.add_argument("--select", nargs="+", default=[], help="dbt --select; default: all")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=PATHS,
+        default=PATHS,
+        help="only these paths and the plain build, the reference (default: all)",
+    )
     parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--args", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -479,7 +492,8 @@ def main() -> None:
         child(options.child, json.loads(options.args))
         return
     console = Console(stderr=False, width=max(Console().width, 110))
-    figures = run(options.orders, options.repeats, options.select, console)
+    paths = tuple(path for path in PATHS if path in options.paths or path == "plain")
+    figures = run(options.orders, options.repeats, options.select, console, paths)
     print_table(figures, console)
     print(json.dumps(figures))
 

@@ -109,11 +109,16 @@ def replay_quarantined(source: str, settings: Settings, tables: Sequence[str] = 
                 )
             with pipeline.sql_client() as client:
                 rows = _open_rows(client.native_connection, source, tables)
+        # Each table's key as loaded (dlt reads its schema file again on every access).
+        loaded_keys: dict[str, list[str]] = {}
+        if rows:
+            schema = pipeline.default_schema
+            loaded_keys = {table: _key_columns(schema, table) for table, *_ in rows}
         candidates: list[_Candidate] = []
         for table, row_hash, payload_text in rows:
             payload = json.loads(payload_text)
             contract = contracts.get(table, Contract(table=table))
-            keys = _key_columns(pipeline, table) or list(contract.keys)
+            keys = loaded_keys[table] or list(contract.keys)
             reasons = value_reasons(dataclasses.replace(contract, keys=keys), payload)
             if reasons:
                 result.still_failing[(table, "; ".join(reasons))] += 1
@@ -128,11 +133,11 @@ def replay_quarantined(source: str, settings: Settings, tables: Sequence[str] = 
                     table: _keys_in_raw(
                         client.native_connection,
                         client.make_qualified_table_name(table),
-                        _key_columns(pipeline, table),
+                        loaded_keys[table],
                         [c for c in candidates if c.table == table],
                     )
                     for table in {c.table for c in candidates}
-                    if _key_columns(pipeline, table)
+                    if loaded_keys[table]
                 }
             for candidate in candidates:
                 if copies[(candidate.table, candidate.key)] > 1:
@@ -153,7 +158,7 @@ def replay_quarantined(source: str, settings: Settings, tables: Sequence[str] = 
                             batch,
                             name=table,
                             write_disposition="merge",
-                            primary_key=_key_columns(pipeline, table) or None,
+                            primary_key=loaded_keys[table] or None,
                         )
                         for table, batch in batches.items()
                     ]
