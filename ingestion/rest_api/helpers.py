@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 from dlt.common.schema.utils import merge_columns
 from dlt.extract.utils import ensure_table_schema_columns
-from requests import Response
+from requests import HTTPError, Response
 
 from ingestion.declared import Reference, RestApiSource, resolve
 from tributary.settings import ConfigurationError
@@ -227,7 +227,12 @@ def refusal_hook(
 ) -> Callable[..., None]:
     """A response hook that fails a request whose credentials the API refuses (401, 403) with
     an error naming the resource and where its credentials come from — never their values, nor
-    the request's query (an API key may travel there), which dlt's own error shows."""
+    the request's query (an API key may travel there, under any name the API chose).
+
+    Any other error answer raises ``HTTPError`` as requests' own ``raise_for_status`` would
+    (the same response attached, so dlt still retries 429 and 5xx and the status still
+    decides what is transient), but naming the path only: dlt's fallback after a response
+    action is that ``raise_for_status``, whose message carries the whole URL."""
     where, auth = _auth_of(declaration, resource)
     what = f"sources.{source}.resources.{expanded(resource)['name']}"
     references = (
@@ -246,13 +251,20 @@ def refusal_hook(
         check = f"it declares no credentials (sources.{source}.client.auth)"
 
     def refused(response: Response, *args: Any, **kwargs: Any) -> None:
+        if response.status_code < 400:
+            return
+        request = response.request
+        path = urlsplit(request.url or "").path
         if response.status_code in (401, 403):
-            request = response.request
             raise ConfigurationError(
                 f"{what}: the API refused the credentials (HTTP {response.status_code} "
-                f"{response.reason} for {request.method} {urlsplit(request.url or '').path}): "
-                f"{check}"
+                f"{response.reason} for {request.method} {path}): {check}"
             )
+        raise HTTPError(
+            f"{what}: HTTP {response.status_code} {response.reason} for {request.method} "
+            f"{path} (its query is not shown: it may hold a credential)",
+            response=response,
+        )
 
     return refused
 
