@@ -10,7 +10,7 @@ from dlt.extract import DltSource
 from dlt.extract.incremental import Incremental
 from dlt.sources.sql_database import sql_database
 from dlt.sources.sql_database.schema_types import default_table_adapter
-from sqlalchemy import MetaData, Select, Table, create_engine, inspect
+from sqlalchemy import DateTime, MetaData, Select, Table, create_engine, inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
@@ -64,11 +64,24 @@ def reflect_tables(
             metadata.reflect(bind=connection, only=selected, resolve_fks=False)
     finally:
         engine.dispose()
+    _naive_unless_said(metadata)
     prefix = f"{declaration.schema_}." if declaration.schema_ else ""
     plans = {
         table: plan_table(name, declaration, metadata.tables[prefix + table]) for table in selected
     }
     return plans, metadata
+
+
+def _naive_unless_said(metadata: MetaData) -> None:
+    """A timestamp column whose reflected ``timezone`` is not a yes or no is naive. SQLite takes
+    any type name: ``datetime(6)`` (MySQL's fractional seconds, common in a ported schema)
+    reflects as ``DATETIME(timezone=6)`` — SQLAlchemy passes the 6 as its first argument — and
+    dlt then refuses the table (``field timezone=6 has invalid type int``). SQLite stores no
+    time zone."""
+    for table in metadata.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, DateTime) and not isinstance(column.type.timezone, bool):
+                column.type.timezone = False
 
 
 def _whole_table_reads(
