@@ -833,6 +833,30 @@ def _stored_columns(pipeline: dlt.Pipeline) -> dict[str, dict[str, Any]]:
     return drift.stored_columns(pipeline.default_schema.tables)
 
 
+def _refuse_money_in_cents(
+    source: str, built: Built, selected: Collection[str], stored: dict[str, dict[str, Any]]
+) -> None:
+    """Stops before reading when a PostgreSQL ``money`` column is stored as an integer: an
+    earlier release loaded money as its count of cents, and a row loaded now as an amount into
+    that column would be rounded to a whole unit beside rows in cents."""
+    found = [
+        (plan.raw_table, plan.raw(column))
+        for resource in selected
+        if (plan := built.plans.get(resource)) is not None
+        for column in plan.money
+        if stored.get(plan.raw_table, {}).get(plan.raw(column), {}).get("data_type") == "bigint"
+    ]
+    if found:
+        columns = ", ".join(f"{dataset_name(source)}.{table}.{column}" for table, column in found)
+        tables = ", ".join(f'"{source}.{table}"' for table in dict.fromkeys(t for t, _ in found))
+        raise ConfigurationError(
+            f"{columns}: PostgreSQL money, held as a count of cents by an earlier "
+            "load; it now loads as its amount, and a new row would be rounded into that "
+            f"column. Reload the table: the elt flow with full_refresh [{tables}] and "
+            "confirm_full_refresh: true. Nothing was read."
+        )
+
+
 def _evolve(
     pipeline: dlt.Pipeline,
     dlt_source: DltSource,
@@ -1071,6 +1095,7 @@ def _load_pass(
             if db_url and built.bulk_reads and db_url.get_backend_name() == "postgresql":
                 bulk_tables.update(_bulk_eligible(built, full_reads))
             stored = {} if refresh else _stored_columns(pipeline)
+            _refuse_money_in_cents(source, built, dlt_source.resources.selected, stored)
             if mirrored:
                 for resource in dlt_source.resources.selected:
                     table = built.raw_name(resource)

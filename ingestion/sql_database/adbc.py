@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 from adbc_driver_manager import AdbcConnection
 from adbc_driver_manager.dbapi import _SharedDatabase  # the dbapi's own refcounted holder
 from dlt.sources.sql_database.helpers import BaseTableLoader, register_table_loader_backend
-from sqlalchemy import Select, cast
-from sqlalchemy.dialects.postgresql import MONEY
+from sqlalchemy import Select, cast, func
+from sqlalchemy.dialects.postgresql import INET, MONEY
 from sqlalchemy.engine import URL
 from sqlalchemy.sql import sqltypes
 
@@ -82,15 +82,22 @@ _READ_AS_IS = (
     sqltypes.Uuid,
     sqltypes.JSON,
     sqltypes.ARRAY,
-    MONEY,
 )
 # dlt's decimal for a numeric column declared without precision (DuckDB's DECIMAL(38, 9)).
 _UNCONSTRAINED = (38, 9)
 
 
 def as_read(column: Any) -> Any:
-    """``column`` itself, or its text when its type is outside ``_READ_AS_IS``."""
-    return column if isinstance(column.type, _READ_AS_IS) else cast(column, sqltypes.Text)
+    """``column`` itself, or its text when its type is outside ``_READ_AS_IS``. ``money`` is
+    read as a number: its binary form is a count of the smallest unit, which loaded as that
+    integer ($12.34 as 1234). ``inet`` is read as PostgreSQL shows it (``abbrev``): a cast to
+    text always adds the netmask, ``/32`` to a single address."""
+    kind = column.type
+    if isinstance(kind, MONEY):
+        return cast(column, sqltypes.Numeric())
+    if isinstance(kind, INET):
+        return func.abbrev(column)
+    return column if isinstance(kind, _READ_AS_IS) else cast(column, sqltypes.Text)
 
 
 def readable(query: Select) -> Select:

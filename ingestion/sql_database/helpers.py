@@ -10,6 +10,7 @@ from pathlib import Path
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.normalizers.naming.snake_case import NamingConvention
 from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import MONEY
 from sqlalchemy.engine import URL, make_url
 
 from ingestion.declared import SqlDatabaseSource, matches
@@ -37,6 +38,7 @@ class TablePlan:
     mask: tuple[str, ...] = ()
     raw_table: str = ""  # the warehouse's name for it (dlt's naming: snake_case)
     raw_columns: dict[str, str] = field(default_factory=dict)  # every column read → its raw name
+    money: tuple[str, ...] = ()  # PostgreSQL money columns read: they load as amounts
 
     def raw(self, column: str) -> str:
         return self.raw_columns[column]
@@ -184,4 +186,9 @@ def plan_table(name: str, declaration: SqlDatabaseSource, reflected_table: Table
         mask=tuple(column for column in mask if column in read),
         raw_table=NAMING.normalize_table_identifier(table),
         raw_columns={column: NAMING.normalize_identifier(column) for column in read},
+        money=tuple(
+            column.name
+            for column in reflected_table.columns
+            if column.name in read and isinstance(column.type, MONEY)
+        ),
     )

@@ -8,6 +8,7 @@ Python can compare them."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,9 @@ import yaml
 from sqlalchemy import create_engine, text
 
 from ingestion.pipeline import run_source
-from ingestion.sql_database import bulk, scanner
+from ingestion.sql_database import adbc, bulk, scanner
 from tests.servers import database_with, run_sql, table_with
-from tributary.settings import Settings
+from tributary.settings import ConfigurationError, Settings
 
 SCHEMA = """
 create table plain (
@@ -154,16 +155,19 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
     )
 
     # The ADBC stream's types against the source: numeric at its scale (dlt's 9 places where
-    # none is declared), uuid, jsonb, inet and interval as the server's text.
+    # none is declared), money as its amount (not a count of cents), uuid, jsonb and interval
+    # as the server's text, inet as the server shows it (a single address without /32).
     with duckdb.connect(str(streamed.warehouse), read_only=True) as warehouse:
         raw = warehouse.execute(
-            "select id, amount, ratio, ref, doc::varchar, host, wait from raw_ext.typed order by id"
+            "select id, amount, ratio, price, ref, doc::varchar, host, wait "
+            "from raw_ext.typed order by id"
         ).fetchall()
     assert raw == _source_rows(
         source,
-        "select id, amount, round(ratio, 9), ref::text, doc::text, host::text, wait::text "
-        "from typed order by id",
+        "select id, amount, round(ratio, 9), price::numeric, ref::text, doc::text, "
+        "abbrev(host), wait::text from typed order by id",
     )
+    assert any(host.count("/") == 0 for (*_, host, _) in raw)  # some /32 addresses
 
 
 def test_a_numeric_a_decimal_cannot_hold_fails_the_run_naming_its_column(
@@ -332,3 +336,40 @@ def test_adbc_connections_to_one_server_share_its_database(source: str) -> None:
     first.close()
     with adbc.record_batches(url, "select id from typed order by id limit 3") as reader:
         assert reader.read_all().column("id").to_pylist() == [1, 2, 3]
+
+
+def test_money_loaded_as_cents_before_stops_the_run_until_the_table_is_reloaded(
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier release read money as-is (its count of cents: $12.34 as 1234): the next run
+    must not round amounts into that column beside the cents, and a reload gives amounts."""
+    wallet = (
+        "create table wallet (id integer primary key, balance money, "
+        "updated_at timestamp not null); insert into wallet values "
+        "(1, 12.34, '2026-01-01'), (2, -0.5, '2026-01-02'), (3, null, '2026-01-03')"
+    )
+    with table_with(source, "wallet", wallet):
+        settings = _settings(tmp_path, source, bulk_reads=False, tables=("wallet",))
+        with monkeypatch.context() as earlier:  # stands for the release that read money as-is
+            earlier.setattr(adbc, "as_read", lambda column: column)
+            run_source("ext", settings)
+        assert _balances(settings) == [(1, 1234), (2, -50), (3, None)]
+
+        run_sql(source, "update wallet set balance = 99.99, updated_at = '2026-02-01' where id = 1")
+        with pytest.raises(ConfigurationError) as refused:
+            run_source("ext", settings)
+        message = str(refused.value)
+        assert "raw_ext.wallet.balance: PostgreSQL money, held as a count of cents" in message
+        assert 'full_refresh ["ext.wallet"]' in message
+        assert _balances(settings) == [(1, 1234), (2, -50), (3, None)]  # nothing was written
+
+        run_source("ext", settings, refresh_tables=["wallet"])
+        assert _balances(settings) == _source_rows(
+            source, "select id, balance::numeric from wallet order by id"
+        )
+        assert _balances(settings)[:2] == [(1, Decimal("99.99")), (2, Decimal("-0.50"))]
+
+
+def _balances(settings: Settings) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        return warehouse.execute("select id, balance from raw_ext.wallet order by id").fetchall()
