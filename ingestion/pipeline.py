@@ -1111,6 +1111,9 @@ def _load_pass(
                     raise GuardError(
                         drift.frozen_message(source, pipeline.dataset_name, schema_changes)
                     )
+                retyped = [c for c in schema_changes if c.change == "type changed"]
+                if retyped:
+                    raise GuardError(drift.retyped_message(source, pipeline.dataset_name, retyped))
                 _evolve(pipeline, dlt_source, settings, schema_changes, stored)
             for resource, contract in zip(
                 dlt_source.resources.selected,

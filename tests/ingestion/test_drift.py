@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+import yaml
 
 from demo.generate import generate
 from ingestion.guards import GuardError
 from ingestion.pipeline import make_pipeline, run_source
 from tests.ingestion.test_guards import LOOSE_PAYMENTS
+from tests.servers import database_with, run_sql
 from tests.sourcefiles import scratch_settings
 from tributary.settings import Settings
 
@@ -136,3 +139,52 @@ def test_an_api_field_that_is_new_or_changes_type_is_drift(
         assert [(c.column, c.change, c.detail) for c in load.schema_changes] == [
             ("fee", "type changed", "now also text, kept in fee__v_text")
         ]
+
+
+def test_a_column_whose_type_changed_stops_the_run_until_the_table_is_reloaded(
+    tmp_path: Path,
+) -> None:
+    """A source column altered from integer to numeric: loading on would convert the new
+    values to the warehouse's bigint (5.75 loaded as 6, the run said Completed)."""
+    table = (
+        "create table readings (id integer primary key, amount integer, "
+        "updated_at timestamp not null); "
+        "insert into readings values (1, 5, '2026-01-01'), (2, 7, '2026-01-02')"
+    )
+    with database_with("postgresql", table) as url:
+        sources = tmp_path / "sources.yml"
+        lab = {
+            "type": "sql_database",
+            "credentials": url,
+            "defaults": {"mode": "merge", "cursor": "updated_at", "lag": 0},
+            "tables": {"readings": None},
+        }
+        sources.write_text(yaml.safe_dump({"sources": {"lab": lab}}))
+        settings = Settings(data_dir=tmp_path / "data", sources_file=sources)
+        run_source("lab", settings)
+        cursor = make_pipeline("lab", settings).state["sources"]["lab"]["resources"]
+
+        run_sql(
+            url,
+            "alter table readings alter column amount type numeric(10, 2); "
+            "update readings set amount = 5.75, updated_at = '2026-02-01' where id = 1",
+        )
+        with pytest.raises(GuardError) as stop:
+            run_source("lab", settings)
+        message = str(stop.value)
+        assert "raw_lab.readings.amount type changed (bigint → decimal)" in message
+        assert 'full_refresh ["lab.readings"]' in message
+        assert _query(settings, "select id, amount from raw_lab.readings order by id") == [
+            (1, 5),
+            (2, 7),
+        ]
+        pipeline = make_pipeline("lab", settings)
+        assert not pipeline.has_pending_data
+        assert pipeline.state["sources"]["lab"]["resources"] == cursor
+
+        reloaded = run_source("lab", settings, refresh_tables=["readings"])
+        assert reloaded.schema_changes == []
+        source = [(1, Decimal("5.75")), (2, Decimal("7.00"))]
+        assert _query(settings, "select id, amount from raw_lab.readings order by id") == source
+        assert run_source("lab", settings).schema_changes == []  # the new type is the stored one
+        assert _query(settings, "select id, amount from raw_lab.readings order by id") == source
