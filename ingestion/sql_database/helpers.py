@@ -12,6 +12,7 @@ from dlt.common.normalizers.naming.snake_case import NamingConvention
 from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import MONEY
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.sql import sqltypes
 
 from ingestion.declared import SqlDatabaseSource, matches
 from ingestion.sql_database.settings import DRIVERS
@@ -19,6 +20,10 @@ from tributary.settings import ConfigurationError
 
 # dlt's naming in the warehouse: `Order Lines` → order_lines, `CustomerID` → customer_id.
 NAMING = NamingConvention()
+
+
+# DuckDB's widest DECIMAL.
+MAX_DECIMAL_DIGITS = 38
 
 
 @dataclass(frozen=True)
@@ -160,6 +165,21 @@ def plan_table(name: str, declaration: SqlDatabaseSource, reflected_table: Table
             )
     mask = list(options.mask or [])
     missing("mask", mask)
+    too_wide = [
+        f"{column.name} ({column.type})"
+        for column in reflected_table.columns
+        if column.name in read
+        and column.name not in mask
+        and isinstance(column.type, sqltypes.Numeric)
+        and not isinstance(column.type, sqltypes.Float | sqltypes.Integer)
+        and (column.type.precision or 0) > MAX_DECIMAL_DIGITS
+    ]
+    if too_wide:
+        raise ConfigurationError(
+            f"{where}: {', '.join(too_wide)}: more digits than the warehouse's widest decimal "
+            f"({MAX_DECIMAL_DIGITS}); its load would fail, and fail again on every later run. "
+            f"Leave the column out (`columns: {{exclude: [...]}}`) or mask it."
+        )
     if mask:
         protected = [c for c in mask if c in keys or c in (cursor, soft_column)]
         if protected:

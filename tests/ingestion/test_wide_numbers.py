@@ -1,0 +1,88 @@
+"""A number wider than the warehouse's widest decimal, from MariaDB: ``decimal(65, 30)``
+(DuckDB's decimal holds 38 digits). Its load failed in DuckDB ("Width must be between 1 and
+38", a schema update dlt calls transient), and the package it left pending failed again on
+every later run. Now the run is refused before anything is read, naming the column, and the
+table loads once the declaration leaves the column out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from sqlalchemy import create_engine, text
+
+from ingestion.pipeline import make_pipeline, run_source
+from tests.servers import run_sql, throwaway_database
+from tributary.settings import ConfigurationError, Settings
+
+pytestmark = pytest.mark.integration
+
+TABLE = """
+create table ledger (
+    id integer primary key, amount decimal(30, 10), huge decimal(65, 30),
+    updated_at datetime(6) not null
+)
+"""
+ROWS = """
+insert into ledger values
+    (1, 1.5, 12345678901234567890.123456789012345678901234567890, '2026-01-01 00:00:00.000001'),
+    (2, -0.0000000001, null, '2026-01-02 00:00:00'),
+    (3, null, 1, '2026-01-03 00:00:00')
+"""
+
+
+@pytest.fixture
+def mariadb() -> Iterator[str]:
+    with throwaway_database("mariadb") as url:
+        run_sql(url, TABLE)  # one statement at a time: PyMySQL runs no batches
+        run_sql(url, ROWS)
+        yield url
+
+
+def _settings(folder: Path, url: str, table: dict[str, Any] | None) -> Settings:
+    folder.mkdir(parents=True, exist_ok=True)
+    books = {
+        "type": "sql_database",
+        "credentials": url,
+        "defaults": {"mode": "merge", "cursor": "updated_at"},
+        "tables": {"ledger": table},
+    }
+    (folder / "sources.yml").write_text(yaml.safe_dump({"sources": {"books": books}}))
+    return Settings(data_dir=folder / "data", sources_file=folder / "sources.yml")
+
+
+def _source(url: str) -> list[tuple[Any, ...]]:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("select id, amount from ledger order by id")).fetchall()
+    finally:
+        engine.dispose()
+    return [tuple(row) for row in rows]
+
+
+def test_a_decimal_wider_than_the_warehouse_is_refused_by_name(
+    mariadb: str, tmp_path: Path
+) -> None:
+    everything = _settings(tmp_path / "everything", mariadb, None)
+    for _ in range(2):  # and again: nothing was left pending to fail on
+        with pytest.raises(ConfigurationError) as refused:
+            run_source("books", everything)
+        message = str(refused.value)
+        assert "sources.books.tables.ledger: huge (DECIMAL(65, 30))" in message
+        assert "columns: {exclude: [...]}" in message
+        assert not everything.warehouse.exists()
+        assert not make_pipeline("books", everything).has_pending_data
+
+    settings = _settings(tmp_path / "left_out", mariadb, {"columns": {"exclude": ["huge"]}})
+    first = run_source("books", settings)
+    assert [(t.table, t.new) for t in first.tables] == [("ledger", 3)]
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        raw = warehouse.execute("select id, amount from raw_books.ledger order by id").fetchall()
+        columns = {name for (name, *_) in warehouse.execute("describe raw_books.ledger").fetchall()}
+    assert "huge" not in columns
+    assert raw == _source(mariadb)
