@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -46,6 +47,16 @@ def run_sql(url: str, sql: str) -> None:
     try:
         with engine.begin() as connection:
             connection.exec_driver_sql(sql)
+    finally:
+        engine.dispose()
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """The rows ``sql`` reads from the database at ``url``, as tuples."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(text(sql))]
     finally:
         engine.dispose()
 

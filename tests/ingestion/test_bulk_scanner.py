@@ -15,11 +15,10 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 
 from ingestion.pipeline import run_source
 from ingestion.sql_database import adbc, bulk, scanner
-from tests.servers import database_with, run_sql, table_with
+from tests.servers import database_with, query, run_sql, table_with
 from tributary.settings import ConfigurationError, Settings
 
 SCHEMA = """
@@ -148,7 +147,7 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
             "select id, small, whole, flag, label, code, day, at_utc, at_local, updated_at "
             "from raw_ext.plain order by id"
         ).fetchall()
-    assert raw == _source_rows(
+    assert raw == query(
         source,
         "select id, small, whole, flag, label, code, day, at_utc, at_local, updated_at "
         "from plain order by id",
@@ -162,7 +161,7 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
             "select id, amount, ratio, price, ref, doc::varchar, host, wait "
             "from raw_ext.typed order by id"
         ).fetchall()
-    assert raw == _source_rows(
+    assert raw == query(
         source,
         "select id, amount, round(ratio, 9), price::numeric, ref::text, doc::text, "
         "abbrev(host), wait::text from typed order by id",
@@ -206,11 +205,11 @@ def test_a_uuid_keyed_table_with_numerics_follows_updates_and_deletes(
     with table_with(source, "tokens", tokens):
         settings = _settings(tmp_path, source, bulk_reads=True, tables=("tokens",))
         run_source("ext", settings)
-        assert _raw(settings, read.replace("ref::text", "ref")) == _source_rows(source, read)
+        assert _raw(settings, read.replace("ref::text", "ref")) == query(source, read)
         run_sql(source, changes)
         [table] = run_source("ext", settings).tables
         assert (table.new, table.updated, table.deleted) == (1, 1, 2)
-        assert _raw(settings, read.replace("ref::text", "ref")) == _source_rows(source, read)
+        assert _raw(settings, read.replace("ref::text", "ref")) == query(source, read)
 
 
 @pytest.mark.timeout(120)
@@ -233,7 +232,7 @@ def test_a_partitioned_table_streams_through_adbc(
         run_source("ext", settings)
         assert scanned == []
         read = "select id, region, updated_at from ev order by id"
-        assert _raw(settings, read) == _source_rows(source, read)
+        assert _raw(settings, read) == query(source, read)
 
 
 def test_a_date_cursor_from_the_future_leaves_the_rest_of_the_table_loading(
@@ -255,9 +254,9 @@ def test_a_date_cursor_from_the_future_leaves_the_rest_of_the_table_loading(
         [table] = run_source("ext", settings).tables
         assert (table.loaded, table.quarantined) == (1999, 1)
         read = "select id, d, v from days where id <> 77 order by id"
-        assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
+        assert _raw(settings, read.replace(" where id <> 77", "")) == query(source, read)
         run_source("ext", settings)  # and it goes on from its cursor
-        assert _raw(settings, read.replace(" where id <> 77", "")) == _source_rows(source, read)
+        assert _raw(settings, read.replace(" where id <> 77", "")) == query(source, read)
 
 
 def test_an_integer_cursor_is_compared_as_a_number_by_the_scanner(
@@ -271,7 +270,7 @@ def test_an_integer_cursor_is_compared_as_a_number_by_the_scanner(
     [table] = run_source("ext", settings).tables
     assert table.new == 3000
     read = "select id, label, updated_at from plain order by id"
-    assert _raw(settings, read) == _source_rows(source, read)
+    assert _raw(settings, read) == query(source, read)
 
 
 def _raw(settings: Settings, sql: str) -> list[tuple[Any, ...]]:
@@ -292,16 +291,7 @@ def _raw_tables(settings: Settings) -> set[str]:
 
 
 def _source_ids(url: str, table: str) -> list[int]:
-    return [row[0] for row in _source_rows(url, f"select id from {table}")]
-
-
-def _source_rows(url: str, sql: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            return [tuple(row) for row in connection.execute(text(sql))]
-    finally:
-        engine.dispose()
+    return [row[0] for row in query(url, f"select id from {table}")]
 
 
 def test_the_scanners_connection_string_carries_no_password() -> None:
@@ -364,7 +354,7 @@ def test_money_loaded_as_cents_before_stops_the_run_until_the_table_is_reloaded(
         assert _balances(settings) == [(1, 1234), (2, -50), (3, None)]  # nothing was written
 
         run_source("ext", settings, refresh_tables=["wallet"])
-        assert _balances(settings) == _source_rows(
+        assert _balances(settings) == query(
             source, "select id, balance::numeric from wallet order by id"
         )
         assert _balances(settings)[:2] == [(1, Decimal("99.99")), (2, Decimal("-0.50"))]

@@ -13,10 +13,9 @@ from typing import Any
 import duckdb
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 
 from ingestion.pipeline import make_pipeline, run_source
-from tests.servers import run_sql, throwaway_database
+from tests.servers import query, run_sql, throwaway_database
 from tributary.settings import ConfigurationError, Settings
 
 pytestmark = pytest.mark.integration
@@ -55,16 +54,6 @@ def _settings(folder: Path, url: str, table: dict[str, Any] | None) -> Settings:
     return Settings(data_dir=folder / "data", sources_file=folder / "sources.yml")
 
 
-def _source(url: str) -> list[tuple[Any, ...]]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(text("select id, amount from ledger order by id")).fetchall()
-    finally:
-        engine.dispose()
-    return [tuple(row) for row in rows]
-
-
 def test_a_decimal_wider_than_the_warehouse_is_refused_by_name(
     mariadb: str, tmp_path: Path
 ) -> None:
@@ -85,4 +74,4 @@ def test_a_decimal_wider_than_the_warehouse_is_refused_by_name(
         raw = warehouse.execute("select id, amount from raw_books.ledger order by id").fetchall()
         columns = {name for (name, *_) in warehouse.execute("describe raw_books.ledger").fetchall()}
     assert "huge" not in columns
-    assert raw == _source(mariadb)
+    assert raw == query(mariadb, "select id, amount from ledger order by id")
