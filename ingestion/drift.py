@@ -9,7 +9,7 @@ goes on and the changes are reported; under ``freeze`` nothing of that run loads
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -113,17 +113,22 @@ def normalized_changes(table: str, stored: Columns, current: Columns) -> list[Sc
     return sorted(changes, key=lambda change: (change.table, change.column))
 
 
+def reload_instruction(source: str, tables: Iterable[str]) -> str:
+    """How to reload ``tables`` of ``source`` whole: the ``elt`` flow's full refresh."""
+    listed = ", ".join(f'"{source}.{table}"' for table in dict.fromkeys(tables))
+    return f"the elt flow with full_refresh [{listed}] and confirm_full_refresh: true"
+
+
 def retyped_message(source: str, dataset: str, changes: list[SchemaChange]) -> str:
     """A database column whose type changed: its warehouse column keeps the old type, and dlt
     would convert every new value to it (5.75 into a bigint column loads as 6), whatever the
     contract. The table has to be reloaded to take the new type."""
     listed = "; ".join(f"{dataset}.{change.describe()}" for change in changes)
-    tables = ", ".join(f'"{source}.{table}"' for table in dict.fromkeys(c.table for c in changes))
+    reload = reload_instruction(source, (change.table for change in changes))
     return (
         f"{source}: a column's type changed in the source — {listed}. Its warehouse column "
         "keeps the old type, which would convert the new values (and could round them), so "
-        "nothing of this run was loaded. Reload the table to take the new type: the elt flow "
-        f"with full_refresh [{tables}] and confirm_full_refresh: true."
+        f"nothing of this run was loaded. Reload the table to take the new type: {reload}."
     )
 
 

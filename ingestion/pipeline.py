@@ -703,8 +703,8 @@ def _unreported(
     wanted = sorted({load_id for entry in entries for load_id in entry["load_ids"]})
     with pipeline.sql_client() as client:
         has_ops = client.execute_sql(
-            "select 1 from duckdb_tables() where database_name = current_database() "
-            "and schema_name = 'ops' and table_name = 'table_loads'"
+            f"select 1 from duckdb_tables() where {_IN_DATASET} and table_name = 'table_loads'",
+            "ops",
         )
         rows = (
             client.execute_sql(
@@ -848,12 +848,11 @@ def _refuse_money_in_cents(
     ]
     if found:
         columns = ", ".join(f"{dataset_name(source)}.{table}.{column}" for table, column in found)
-        tables = ", ".join(f'"{source}.{table}"' for table in dict.fromkeys(t for t, _ in found))
+        reload = drift.reload_instruction(source, (table for table, _ in found))
         raise ConfigurationError(
             f"{columns}: PostgreSQL money, held as a count of cents by an earlier "
             "load; it now loads as its amount, and a new row would be rounded into that "
-            f"column. Reload the table: the elt flow with full_refresh [{tables}] and "
-            "confirm_full_refresh: true. Nothing was read."
+            f"column. Reload the table: {reload}. Nothing was read."
         )
 
 

@@ -28,6 +28,8 @@ from sqlalchemy.dialects.postgresql import INET, MONEY
 from sqlalchemy.engine import URL
 from sqlalchemy.sql import sqltypes
 
+from ingestion.sql_database.helpers import MAX_DECIMAL_DIGITS, exact_decimal
+
 BACKEND = "adbc"
 # Bytes of COPY data decoded into one record batch (the driver's default is 16 MiB).
 BATCH_BYTES = 16 * 1024 * 1024
@@ -116,12 +118,11 @@ def decimal_types(columns: Iterable[Any]) -> dict[str, pa.Decimal128Type]:
     decimals = {}
     for column in columns:
         kind = column.type
-        exact = isinstance(kind, sqltypes.Numeric) and kind.asdecimal
-        if exact and not isinstance(kind, sqltypes.Float | sqltypes.Integer):
+        if exact_decimal(kind):
             precision, scale = (
                 (kind.precision, kind.scale or 0) if kind.precision else _UNCONSTRAINED
             )
-            decimals[column.name] = pa.decimal128(min(precision, 38), scale)
+            decimals[column.name] = pa.decimal128(min(precision, MAX_DECIMAL_DIGITS), scale)
     return decimals
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dlt.common.configuration.specs import ConnectionStringCredentials
 from dlt.common.normalizers.naming.snake_case import NamingConvention
@@ -24,6 +25,16 @@ NAMING = NamingConvention()
 
 # DuckDB's widest DECIMAL.
 MAX_DECIMAL_DIGITS = 38
+
+
+def exact_decimal(kind: Any) -> bool:
+    """Whether a reflected type is an exact decimal (``numeric``, ``decimal``): SQLAlchemy
+    types floats and integers as ``Numeric`` too."""
+    return (
+        isinstance(kind, sqltypes.Numeric)
+        and bool(kind.asdecimal)
+        and not isinstance(kind, sqltypes.Float | sqltypes.Integer)
+    )
 
 
 @dataclass(frozen=True)
@@ -170,8 +181,7 @@ def plan_table(name: str, declaration: SqlDatabaseSource, reflected_table: Table
         for column in reflected_table.columns
         if column.name in read
         and column.name not in mask
-        and isinstance(column.type, sqltypes.Numeric)
-        and not isinstance(column.type, sqltypes.Float | sqltypes.Integer)
+        and exact_decimal(column.type)
         and (column.type.precision or 0) > MAX_DECIMAL_DIGITS
     ]
     if too_wide:
