@@ -11,9 +11,9 @@ process:
 - ``plain dbt build``: ``dbtRunner().invoke(["build", …])`` in the child after its imports, with
   dbt's default logging — the reference;
 - ``flow's dbt step``: ``run_dbt`` inside a flow, as ``elt`` and ``dbt`` call it, after imports:
-  one task run per node;
-- ``flow, prefect-dbt as shipped``: the same with prefect-dbt's own ``PrefectDbtRunner``, whose
-  node threads rebuild Prefect's settings and clients (what ``tributary.dbt`` avoids);
+  one task run per node, reported by ``tributary.dbt_nodes``;
+- ``flow, prefect-dbt as shipped``: the same with prefect-dbt's own ``PrefectDbtRunner`` (the
+  task engine per node in threads that rebuild Prefect's settings and clients);
 - ``plain parts``: the three sources loaded by calling ``run_source`` (no flow), then the plain
   dbt build, after imports;
 - ``elt flow``: the ``elt`` flow against the server, loading the same sources and building the
@@ -177,21 +177,30 @@ def _count_constructions() -> Counter[str]:
 
 
 def _use_shipped_runner() -> None:
-    """``run_dbt`` with prefect-dbt's runner as shipped (and its node threads joined as they
-    were before ``tributary.dbt`` named them)."""
-    from types import SimpleNamespace
+    """``run_dbt`` through prefect-dbt's own ``PrefectDbtRunner`` as shipped: the engine's task
+    runs per node that ``tributary.dbt_nodes`` replaces (its node threads joined before the
+    step ends, as ours are)."""
+    from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
 
-    from prefect_dbt import PrefectDbtRunner
+    import tributary.dbt as dbt
+    from tributary.settings import DBT_PROJECT_DIR
 
-    import tributary.dbt
+    def invoke(args: list[str], environment: dict[str, str]) -> Any:
+        runner = PrefectDbtRunner(
+            settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
+            raise_on_failure=False,
+        )
+        with dbt._environment(environment):
+            try:
+                result = runner.invoke(args)
+            finally:
+                dbt.release_duckdb()
+                for thread in threading.enumerate():
+                    if thread.name.endswith("(run_task)"):
+                        thread.join(120)
+        return dbt._summarise(args, result.result)
 
-    class Shipped(PrefectDbtRunner):
-        @property
-        def nodes(self) -> SimpleNamespace:
-            threads = [t for t in threading.enumerate() if t.name.endswith("(run_task)")]
-            return SimpleNamespace(threads=threads)
-
-    tributary.dbt._NodeTaskRunner = Shipped  # type: ignore[misc]
+    dbt.invoke_dbt = invoke  # type: ignore[assignment]
 
 
 def _recorded_task_runs(flow_run_id: Any, timeout: float = 120) -> int:

@@ -1,30 +1,21 @@
-"""dbt through prefect-dbt's PrefectDbtRunner: one Prefect task per dbt node inside a flow."""
+"""dbt in-process against the warehouse; inside a flow, one Prefect task run per dbt node."""
 
 from __future__ import annotations
 
-import contextvars
 import json
 import os
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import prefect_dbt
 import yaml
-from prefect import Task
-from prefect.context import SettingsContext, hydrated_context
-from prefect.logging.loggers import PrefectLogAdapter
-from prefect.task_engine import run_task_sync
-from prefect_dbt import PrefectDbtRunner, PrefectDbtSettings
-from prefect_dbt.core._tracker import NodeTaskTracker
-from prefect_dbt.core.runner import FAILURE_MSG, FAILURE_STATUSES
+from dbt.cli.main import dbtRunner
+from prefect import get_run_logger
 
+from tributary.dbt_nodes import FAILED, NodeReporter
 from tributary.lock import warehouse_lock
 from tributary.settings import DBT_PROJECT_DIR, Settings
 from tributary.warehouse import check_warehouse
@@ -120,8 +111,11 @@ class DbtFailed(ValueError):
         self.summary = summary
 
 
+# prefect-dbt's wording of a failed node (its ``raise_on_failure``), which alerts quote.
+FAILURE_MSG = '{resource_type} {resource_name} {status}ed with message: "{message}"'
+
+
 def _failure_message(command: list[str], result: Any) -> str:
-    """prefect-dbt's own wording (as with ``raise_on_failure``), which alerts quote."""
     failures = [
         FAILURE_MSG.format(
             resource_type=run.node.resource_type.title(),
@@ -130,7 +124,7 @@ def _failure_message(command: list[str], result: Any) -> str:
             message=run.message,
         )
         for run in result.results
-        if run.status in FAILURE_STATUSES
+        if str(run.status) in FAILED
     ]
     return (
         f"Failures detected during invocation of dbt command '{' '.join(command)}':\n"
@@ -204,131 +198,6 @@ def downstream_of(sources: Sequence[str], project_dir: Path) -> list[str]:
     return [f"source:{name}+" for name in sources if name in known]
 
 
-# prefect-dbt's runner reports each dbt node as a task run from a thread of its own, which
-# starts with an empty context and rebuilds the flow's from `serialize_context()` twice (in its
-# own thread, then in the task engine). As shipped, every node thus builds Prefect's `Settings`
-# twice from scratch (each nested model reads the environment, prefect.toml, pyproject.toml and
-# the profiles file, behind one lock: ~0.1 s of CPU each) and three API clients (each loads the
-# CA bundle: ~0.05 s) — for this project's 82 nodes 171 settings and 253 clients, 30+ s of CPU,
-# which made dbt in a flow 2-5x a plain `dbt build`. `_NodeTaskRunner` hands the node threads
-# the flow's own settings objects and starts them (and the runner's callback thread) in a copy
-# of the flow's context, as Prefect's ThreadPoolTaskRunner does, so they share its client. It
-# overrides private methods of the release named here only, and refuses any other. Upstream
-# issue to file (PrefectHQ/prefect, prefect-dbt): "PrefectDbtRunner: node task threads rebuild
-# Settings and API clients from serialize_context(); start them in contextvars.copy_context()".
-PREFECT_DBT_CHECKED = "0.7.25"
-
-
-class _NodeThreads(NodeTaskTracker):
-    """prefect-dbt's per-node bookkeeping, its threads started in a copy of ``parent`` (the
-    flow's context: settings, API client) and kept, to be joined."""
-
-    def __init__(self, parent: contextvars.Context) -> None:
-        super().__init__()
-        self._parent = parent
-        self.threads: list[threading.Thread] = []
-
-    def get_task_logger(
-        self,
-        node_id: str,
-        flow_run: dict[str, Any] | None = None,
-        flow: Any = None,
-        **kwargs: Any,
-    ) -> PrefectLogAdapter:
-        """Upstream's, named after the node even before its task run is (dbt's START line
-        comes first), so the console says ``Task run 'model fct_orders'``, not ``None``."""
-        logger = super().get_task_logger(node_id, flow_run, flow, **kwargs)
-        if logger.extra is not None and logger.extra.get("task_run_name") is None:
-            # <kind>.<project>.<name>[.<hash>]; unit tests <kind>.<project>.<model>.<name>
-            kind, _, rest = node_id.partition(".")
-            parts = rest.split(".")
-            name = parts[2] if kind == "unit_test" and len(parts) > 2 else parts[1]
-            logger.extra = {**logger.extra, "task_run_name": f"{kind} {name}"}
-        return logger
-
-    def run_task_in_thread(
-        self,
-        node_id: str,
-        task: Task[Any, Any],
-        task_run_id: UUID,
-        parameters: dict[str, Any],
-        context: dict[str, Any],
-    ) -> None:
-        """As upstream's (wait for the upstream nodes' task runs, then run this one), in a
-        thread that starts in the flow's context."""
-
-        def run_task() -> None:
-            with hydrated_context(context):
-                upstream = [
-                    self.get_task_result(node) for node in self.get_node_dependencies(node_id)
-                ]
-                state = run_task_sync(
-                    task,
-                    task_run_id=task_run_id,
-                    parameters=parameters,
-                    wait_for=[state for state in upstream if state],
-                    context=context,
-                    return_type="state",
-                )
-                self.set_task_result(node_id, state)
-
-        thread = threading.Thread(
-            target=self._parent.copy().run,
-            args=(run_task,),
-            name=f"dbt node {node_id}",
-            daemon=True,
-        )
-        self.threads.append(thread)
-        thread.start()
-
-
-class _NodeTaskRunner(PrefectDbtRunner):
-    """``PrefectDbtRunner`` whose node task runs reuse the flow's settings and client."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        if prefect_dbt.__version__ != PREFECT_DBT_CHECKED:
-            raise RuntimeError(
-                f"prefect-dbt {prefect_dbt.__version__} is installed; tributary.dbt overrides "
-                f"private methods of PrefectDbtRunner and NodeTaskTracker as of "
-                f"{PREFECT_DBT_CHECKED} (_create_unified_callback, _callback_worker, "
-                "run_task_in_thread). Check them against the new release — or drop them if "
-                "upstream stopped rebuilding settings and clients per node — then update "
-                "PREFECT_DBT_CHECKED."
-            )
-        super().__init__(**kwargs)
-        self.nodes = _NodeThreads(contextvars.Context())
-        self._worker_context = contextvars.Context()
-
-    def _create_unified_callback(
-        self, task_state: NodeTaskTracker, log_level: Any, context: dict[str, Any], **kwargs: Any
-    ) -> Any:
-        # Called by `invoke`, in the flow's thread; `task_state` is a fresh tracker that only
-        # the callback uses, so ours replaces it.
-        self.nodes = _NodeThreads(contextvars.copy_context())
-        self._worker_context = contextvars.copy_context()
-        return super()._create_unified_callback(
-            self.nodes, log_level, with_live_settings(context), **kwargs
-        )
-
-    def _callback_worker(self) -> None:
-        """Upstream's event loop (logging, starting node task runs) in the flow's context."""
-        self._worker_context.run(super()._callback_worker)
-
-
-def with_live_settings(context: dict[str, Any]) -> dict[str, Any]:
-    """A serialised Prefect context (``serialize_context()``) holding the current ``Profile``
-    and ``Settings`` objects rather than their dumps, so that hydrating it in this process
-    (``hydrated_context``) takes them as they are instead of building them again. (The rest
-    stays dumped: prefect-dbt reads the flow run from it as a dict.)"""
-    current = SettingsContext.get()
-    if current is None or not context.get("settings_context"):
-        return context
-    return {
-        **context,
-        "settings_context": {"profile": current.profile, "settings": current.settings},
-    }
-
-
 def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
     """Invoke dbt in-process against the settings' warehouse (the ``prod`` target), holding
     the warehouse lock; raises ``DbtFailed`` naming every failed node (and holding every
@@ -339,35 +208,35 @@ def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
 
 
 def invoke_dbt(args: list[str], environment: dict[str, str]) -> DbtSummary:
-    """Invoke dbt in-process with ``environment`` set (the variables ``profiles.yml`` reads),
-    one Prefect task per node inside a flow; takes no lock (``run_dbt`` does, for production).
-    Raises ``DbtFailed`` naming every failed node."""
-    runner = _NodeTaskRunner(
-        settings=PrefectDbtSettings(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR),
-        raise_on_failure=False,
-    )
+    """Invoke dbt in-process with ``environment`` set (the variables ``profiles.yml`` reads);
+    inside a flow every node is a task run of it (``tributary.dbt_nodes``) and dbt's lines go to
+    Prefect's logs, elsewhere to the console as dbt prints them. Takes no lock (``run_dbt``
+    does, for production). Raises ``DbtFailed`` naming every failed node."""
+    command = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    reporter = NodeReporter.in_flow(DBT_PROJECT_DIR / "target" / "manifest.json")
     with _environment(environment):
         try:
-            result = runner.invoke(args)
+            if reporter is None:
+                result = dbtRunner().invoke(command)
+            else:
+                with reporter:
+                    result = dbtRunner(callbacks=[reporter.callback]).invoke(
+                        [*command, "--log-level", "none", "--log-level-file", "info"]
+                    )
         finally:
             release_duckdb()
-            _join_node_task_threads(runner.nodes.threads)
+    if reporter is not None and reporter.failures:
+        get_run_logger().warning(
+            "%d dbt node events were not reported to Prefect (the build is not affected): %s",
+            len(reporter.failures),
+            "; ".join(reporter.failures[:5]),
+        )
+    if result.exception is not None:
+        raise ValueError(f"Failed to invoke dbt command '{' '.join(args)}': {result.exception}")
     summary = _summarise(args, result.result)
     if not result.success:
         raise DbtFailed(_failure_message(args, result.result), summary)
     return summary
-
-
-def _join_node_task_threads(threads: list[threading.Thread], timeout: float = 120) -> None:
-    """Wait for the threads in which prefect-dbt records each node's task run.
-
-    The runner starts one daemon thread per node and returns without joining them, so
-    without this the flow finishes while node task runs are still being reported, and the
-    interpreter aborts at exit ("FATAL: exception not rethrown") when it stops them mid-call.
-    """
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 RUN_RESULTS = DBT_PROJECT_DIR / "target" / "run_results.json"
