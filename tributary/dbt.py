@@ -207,13 +207,22 @@ def run_dbt(args: list[str], settings: Settings) -> DbtSummary:
         return invoke_dbt(args, dbt_environment(settings))
 
 
+def _target_path(args: list[str]) -> Path:
+    """Where this invocation writes its manifest: ``--target-path`` (a dev build's own folder),
+    relative to the project as dbt reads it, or the project's ``target``."""
+    if "--target-path" in args[:-1]:
+        path = Path(args[args.index("--target-path") + 1])
+        return path if path.is_absolute() else DBT_PROJECT_DIR / path
+    return DBT_PROJECT_DIR / "target"
+
+
 def invoke_dbt(args: list[str], environment: dict[str, str]) -> DbtSummary:
     """Invoke dbt in-process with ``environment`` set (the variables ``profiles.yml`` reads);
     inside a flow every node is a task run of it (``tributary.dbt_nodes``) and dbt's lines go to
     Prefect's logs, elsewhere to the console as dbt prints them. Takes no lock (``run_dbt``
     does, for production). Raises ``DbtFailed`` naming every failed node."""
     command = [*args, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
-    reporter = NodeReporter.in_flow(DBT_PROJECT_DIR / "target" / "manifest.json")
+    reporter = NodeReporter.in_flow(_target_path(args) / "manifest.json")
     with _environment(environment):
         try:
             if reporter is None:

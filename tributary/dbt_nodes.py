@@ -55,6 +55,8 @@ RUNNING_AFTER = 1.0
 """Seconds a node runs before the server hears it is running; most nodes end sooner and are
 sent once, in their final state: each state event costs the server ~15 ms of CPU (SQLite), which
 on a small machine it takes from the build."""
+JOIN_TIMEOUT = 120.0
+"""Seconds the build waits for its nodes' reports once dbt has returned."""
 TASK_KEY = "dbt-node"
 """One task for every node, as prefect-dbt's (whose nodes all run one function)."""
 
@@ -118,13 +120,22 @@ class NodeReporter:
 
     def __exit__(self, *exc: object) -> None:
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            self.failures.append(f"the reporter had not finished after {JOIN_TIMEOUT} s")
 
     # --- in dbt's threads: read the event, queue it ---------------------------------------
 
     def callback(self, event: Any) -> None:
         """dbt's event callback (`dbtRunner(callbacks=[…])`), called in dbt's threads for every
-        event: keeps only what is reported, as plain values."""
+        event: keeps only what is reported, as plain values. It never raises: an error here
+        would be the node's."""
+        try:
+            self._read(event)
+        except Exception as exc:
+            self.failures.append(f"{getattr(event.info, 'name', '?')}: {exc!r}")
+
+    def _read(self, event: Any) -> None:
         info = event.info
         name = info.name
         if name == "NodeStart" or name == "NodeFinished":

@@ -10,8 +10,9 @@ import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from dbt.events.types import LogStartLine, NodeFinished, NodeStart, SkippingDetails
@@ -24,11 +25,13 @@ from prefect.client.schemas.filters import (
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import FlowRun, TaskRun
 from prefect.logging.handlers import APILogWorker
 
 from tributary import dbt_nodes
+from tributary.dbt import _target_path
 from tributary.dbt_nodes import NodeReporter
+from tributary.settings import DBT_PROJECT_DIR
 
 MANIFEST = {
     "nodes": {
@@ -182,3 +185,19 @@ def test_nodes_become_task_runs_in_their_final_state(
     by_run = {log.task_run_id: log.message for log in logs if "START" in log.message}
     assert {runs[name].id for name in runs} == set(by_run)
     assert [log.task_run_id for log in logs if "SKIP" in log.message] == [None]
+
+
+def test_a_malformed_event_is_noted_never_raised_into_dbt(tmp_path: Path) -> None:
+    """dbt calls the callback inside a node's run: an error there would fail the node."""
+    flow_run = FlowRun(id=uuid4(), name="r", flow_id=uuid4())
+    reporter = NodeReporter(flow_run, tmp_path / "manifest.json")
+    reporter.callback(SimpleNamespace(info=SimpleNamespace(name="NodeStart"), data=None))
+    reporter.callback(SimpleNamespace(info=None))
+    assert len(reporter.failures) == 2 and "NodeStart" in reporter.failures[0]
+
+
+def test_the_manifest_is_read_where_the_invocation_writes_it(tmp_path: Path) -> None:
+    dev = ["build", "--target", "dev", "--target-path", str(tmp_path / "dev.target")]
+    assert _target_path(dev) == tmp_path / "dev.target"
+    assert _target_path(["build", "--target-path", "elsewhere"]) == DBT_PROJECT_DIR / "elsewhere"
+    assert _target_path(["build", "--select", "fct_orders+"]) == DBT_PROJECT_DIR / "target"
