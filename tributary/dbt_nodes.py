@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,15 +78,15 @@ class _Node:
     task_run: TaskRun | None = None
     last_event: Event | None = None
     logger: logging.LoggerAdapter[logging.Logger] | None = None
-    upstream: list[str] = field(default_factory=list)
 
 
 class NodeReporter:
     """Reports one dbt invocation's nodes as task runs of the current flow run.
 
     Use as a context manager around the invocation, with ``callback`` among dbt's callbacks;
-    leaving it waits until every event is sent to the events worker (and every line to the log
-    worker). ``failures`` holds what could not be reported: the build does not depend on it.
+    leaving it waits until every event is handed to Prefect's events worker (and every line to
+    its log worker), which send them on. ``failures`` holds what could not be reported: the
+    build does not depend on it.
     """
 
     def __init__(self, flow_run: FlowRun, manifest: Path, adapter_type: str = "duckdb") -> None:
@@ -133,7 +133,8 @@ class NodeReporter:
         try:
             self._read(event)
         except Exception as exc:
-            self.failures.append(f"{getattr(event.info, 'name', '?')}: {exc!r}")
+            name = getattr(getattr(event, "info", None), "name", "?")
+            self.failures.append(f"{name}: {exc!r}")
 
     def _read(self, event: Any) -> None:
         info = event.info

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
 from dbt.events.types import LogStartLine, NodeFinished, NodeStart, SkippingDetails
@@ -20,14 +20,13 @@ from dbt_common.events.base_types import BaseEvent, EventLevel, msg_from_base_ev
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import FlowRun, TaskRun
+from prefect.client.schemas.objects import FlowRun
 from prefect.logging.handlers import APILogWorker
 
+from tests.task_runs import recorded_task_runs
 from tributary import dbt_nodes
 from tributary.dbt import _target_path
 from tributary.dbt_nodes import NodeReporter
@@ -92,20 +91,6 @@ def _run(reporter: NodeReporter, unique_id: str, seconds: float, status: str, me
     )
 
 
-def _task_runs(flow_run_id: UUID, expected: int, timeout: float = 60) -> dict[str, TaskRun]:
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            final = [run for run in runs if run.state is not None and run.state.is_final()]
-            if len(final) >= expected:
-                return {run.name: run for run in runs}
-            assert time.monotonic() < deadline, f"{len(final)} of {expected} task runs"
-            time.sleep(0.3)
-
-
 @pytest.mark.integration
 def test_nodes_become_task_runs_in_their_final_state(
     prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -152,7 +137,7 @@ def test_nodes_become_task_runs_in_their_final_state(
     assert state.is_completed(), state.message
     assert reporters[0].failures == []
     flow_run_id = state.state_details.flow_run_id
-    runs = _task_runs(flow_run_id, expected=3)
+    runs = {run.name: run for run in recorded_task_runs(flow_run_id, expected=3)}
     assert set(runs) == {"model slow", "model quick", "test fails"}
 
     with get_client(sync_client=True) as client:
@@ -193,7 +178,8 @@ def test_a_malformed_event_is_noted_never_raised_into_dbt(tmp_path: Path) -> Non
     reporter = NodeReporter(flow_run, tmp_path / "manifest.json")
     reporter.callback(SimpleNamespace(info=SimpleNamespace(name="NodeStart"), data=None))
     reporter.callback(SimpleNamespace(info=None))
-    assert len(reporter.failures) == 2 and "NodeStart" in reporter.failures[0]
+    reporter.callback(object())
+    assert len(reporter.failures) == 3 and "NodeStart" in reporter.failures[0]
 
 
 def test_the_manifest_is_read_where_the_invocation_writes_it(tmp_path: Path) -> None:

@@ -21,12 +21,10 @@ import pytest
 from prefect import flow
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
     LogFilter,
     LogFilterFlowRunId,
 )
-from prefect.client.schemas.objects import Log, TaskRun
+from prefect.client.schemas.objects import Log
 from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 from prefect.events.schemas.events import Event
 from prefect.logging.handlers import APILogWorker
@@ -38,6 +36,7 @@ from demo.generate import generate
 from ingestion import registry
 from ingestion.pipeline import run_source
 from tests.sourcefiles import scratch_settings
+from tests.task_runs import recorded_task_runs
 from tributary.dbt import DbtFailed, DbtSummary, run_dbt
 from tributary.settings import DBT_PROJECT_DIR, Settings
 
@@ -84,22 +83,6 @@ def warehouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
             "where order_id = (select min(order_id) from raw_shop.orders)"
         )
     return settings
-
-
-def _task_runs(flow_run_id: UUID, expected: int, timeout: float = 120) -> list[TaskRun]:
-    """The flow run's task runs once the server has recorded ``expected`` of them in a final
-    state (it records task runs from events, which can trail the flow on a busy server)."""
-    deadline = time.monotonic() + timeout
-    with get_client(sync_client=True) as client:
-        while True:
-            runs = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-            )
-            final = [run for run in runs if run.state is not None and run.state.is_final()]
-            if len(final) >= expected:
-                return runs
-            assert time.monotonic() < deadline, f"{len(final)} of {expected} task runs recorded"
-            time.sleep(0.5)
 
 
 def _logs(flow_run_id: UUID) -> list[Log]:
@@ -177,7 +160,7 @@ def test_every_node_is_a_task_run_with_its_final_state(
     assert len(failed) == 1 and FAILING_TEST in failed[0], failed
     assert summary.statuses["skipped"] > 0 and summary.statuses["pass"] > 10, summary.statuses
 
-    runs = _task_runs(flow_run_id, expected=len(reported))
+    runs = recorded_task_runs(flow_run_id, expected=len(reported))
     by_name = {run.name: run for run in runs}
     assert len(by_name) == len(runs) == len(reported)
     manifest = json.loads((DBT_PROJECT_DIR / "target" / "manifest.json").read_text())
