@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -78,6 +78,8 @@ class _Node:
     task_run: TaskRun | None = None
     last_event: Event | None = None
     logger: logging.LoggerAdapter[logging.Logger] | None = None
+    upstream: list[str] = field(default_factory=list)
+    """What it depends on, through ephemeral models (manifest ids)."""
 
 
 class NodeReporter:
@@ -92,7 +94,8 @@ class NodeReporter:
     def __init__(self, flow_run: FlowRun, manifest: Path, adapter_type: str = "duckdb") -> None:
         self._flow_run = flow_run
         self._manifest_path = manifest
-        self._manifest: dict[str, Any] | None = None
+        self._manifest: dict[str, dict[str, Any]] | None = None
+        """Every source, node and unit test of the manifest by id, read on the first node."""
         self._adapter_type = adapter_type
         self._parent = TaskRunContext.get()
         self._queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
@@ -224,10 +227,11 @@ class NodeReporter:
             return node.logger
         task_run_id = uuid7()
         started = _utc(node.started_at)
+        node.upstream = self._upstream(node.unique_id)
         inputs: dict[str, list[Any]] = {
             "wait_for": [
                 TaskRunResult(id=upstream.task_run.id)
-                for upstream_id in self._upstream(node.unique_id)
+                for upstream_id in node.upstream
                 if (upstream := self._nodes.get(upstream_id)) is not None
                 and upstream.task_run is not None
             ]
@@ -242,7 +246,10 @@ class NodeReporter:
             dynamic_key=f"{node.unique_id}-{task_run_id.hex[-8:]}",
             empirical_policy=TaskRunPolicy(),
             task_inputs=inputs,
-            state=Running(timestamp=started),
+            state=Running(
+                timestamp=started,
+                state_details=StateDetails(task_run_id=task_run_id, flow_run_id=self._flow_run.id),
+            ),
             expected_start_time=started,
             start_time=started,
             run_count=1,
@@ -264,9 +271,6 @@ class NodeReporter:
                 del self._unannounced[unique_id]
                 node = self._nodes[unique_id]
                 assert node.task_run is not None and node.task_run.state is not None
-                node.task_run.state.state_details = StateDetails(
-                    task_run_id=node.task_run.id, flow_run_id=self._flow_run.id
-                )
                 node.last_event = emit_task_run_state_change_event(
                     task_run=node.task_run, initial_state=None, validated_state=node.task_run.state
                 )
@@ -298,20 +302,24 @@ class NodeReporter:
         wrote when it parsed the project (read once, on the first node)."""
         if self._manifest is None:
             try:
-                self._manifest = json.loads(self._manifest_path.read_text())
+                manifest = json.loads(self._manifest_path.read_text())
             except (OSError, ValueError) as exc:
                 self.failures.append(f"{self._manifest_path}: {exc!r} (no upstream links)")
-                self._manifest = {}
-        nodes = {**self._manifest.get("nodes", {}), **self._manifest.get("unit_tests", {})}
+                manifest = {}
+            self._manifest = {
+                **manifest.get("sources", {}),
+                **manifest.get("nodes", {}),
+                **manifest.get("unit_tests", {}),
+            }
         found: list[str] = []
-        pending = list(nodes.get(unique_id, {}).get("depends_on", {}).get("nodes", []))
+        pending = list(self._manifest.get(unique_id, {}).get("depends_on", {}).get("nodes", []))
         seen: set[str] = set()
         while pending:
             upstream = pending.pop(0)
             if upstream in seen:
                 continue
             seen.add(upstream)
-            entry = self._manifest.get("sources", {}).get(upstream) or nodes.get(upstream, {})
+            entry = self._manifest.get(upstream, {})
             if entry.get("config", {}).get("materialized") == "ephemeral":
                 pending += entry.get("depends_on", {}).get("nodes", [])
             else:
@@ -321,14 +329,12 @@ class NodeReporter:
     def _materialized(self, node: _Node, *, succeeded: bool) -> None:
         """The asset events prefect-dbt's materializing tasks emit: each upstream relation
         referenced, then this node's relation materialized (or failed) by dbt."""
-        assert node.task_run is not None
-        upstream = []
-        sources = self._manifest.get("sources", {}) if self._manifest else {}
-        nodes = self._manifest.get("nodes", {}) if self._manifest else {}
-        for upstream_id in self._upstream(node.unique_id):
-            entry = sources.get(upstream_id) or nodes.get(upstream_id) or {}
-            if entry.get("relation_name"):
-                upstream.append(format_resource_id(self._adapter_type, entry["relation_name"]))
+        assert node.task_run is not None and self._manifest is not None
+        upstream = [
+            format_resource_id(self._adapter_type, relation)
+            for upstream_id in node.upstream
+            if (relation := self._manifest.get(upstream_id, {}).get("relation_name"))
+        ]
         run = {
             "prefect.resource.id": f"prefect.task-run.{node.task_run.id}",
             "prefect.resource.role": "task-run",
