@@ -68,11 +68,13 @@ docs-build: setup
 	$(VENV)/bin/python -m tributary.docs --no-serve
 
 # Not part of CI: PostgreSQL → DuckDB against the COPY limit, dlt's default backend and Sling,
-# then dbt inside a flow against a plain dbt build. BENCH_ARGS="--rows 5000000" for the large
-# load run; DBT_BENCH_ARGS="--repeats 5" for the dbt one.
+# then dbt inside a flow against a plain dbt build, then a `make demo` re-run against its plain
+# parts. BENCH_ARGS="--rows 5000000" for the large load run; DBT_BENCH_ARGS="--repeats 5" for
+# the dbt one; DEMO_BENCH_ARGS="--repeats 3" for the demo one.
 bench: $(VENV)/.synced-bench
 	$(VENV)/bin/python -m bench.sql_to_duckdb $(BENCH_ARGS)
 	$(VENV)/bin/python -m bench.dbt_in_flow $(DBT_BENCH_ARGS)
+	$(VENV)/bin/python -m bench.demo_rerun $(DEMO_BENCH_ARGS)
 
 # Not part of CI (tests/faults/test_sample.py is its sample there): break real runs on purpose
 # and check nothing was lost. FAULTS_ARGS="--kills 20 --backend sqlite", "--only api-429", ...
