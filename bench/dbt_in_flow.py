@@ -63,6 +63,8 @@ LABELS = {
     "elt": "elt flow",
 }
 TOKEN = "bench-token"
+KEYS = ("cpu", "server_cpu", "nodes", "task_runs", "settings", "clients", "slot_wait", "slots")
+"""What the in-process children report besides their wall time (medians in the table)."""
 
 
 # --- the sample warehouse and the server, in the parent -------------------------------------
@@ -176,6 +178,25 @@ def _count_constructions() -> Counter[str]:
     return counts
 
 
+def _time_slot_waits() -> list[float]:
+    """Seconds each warehouse slot took to acquire from now on (``tributary.lock._hold``'s
+    entry: on a server, the global concurrency limit's slot)."""
+    import tributary.lock as lock
+
+    waits: list[float] = []
+    original = lock._hold
+
+    @contextmanager
+    def timed(settings: Any) -> Iterator[None]:
+        started = time.perf_counter()
+        with original(settings):
+            waits.append(time.perf_counter() - started)
+            yield
+
+    lock._hold = timed  # type: ignore[assignment]
+    return waits
+
+
 def _use_shipped_runner() -> None:
     """``run_dbt`` through prefect-dbt's own ``PrefectDbtRunner`` as shipped: the engine's task
     runs per node that ``tributary.dbt_nodes`` replaces (its node threads joined before the
@@ -246,6 +267,7 @@ def _run_elt(args: list[str]) -> dict[str, Any]:
     select = args[args.index("--select") + 1 :] if "--select" in args else []
     params = EltParameters(dbt_select=select) if select else EltParameters(dbt="all")
     counts = _count_constructions()
+    waits = _time_slot_waits()
     started, cpu = time.perf_counter(), time.process_time()
     state = elt(params, return_state=True)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -253,6 +275,7 @@ def _run_elt(args: list[str]) -> dict[str, Any]:
     nodes = len(report.dbt.nodes) if report is not None and report.dbt is not None else 0
     figures = {"seconds": seconds, "cpu": cpu, "nodes": nodes, "ok": state.is_completed()}
     figures["settings"], figures["clients"] = counts["settings"], counts["clients"]
+    figures["slot_wait"], figures["slots"] = sum(waits), len(waits)
     figures["task_runs"] = _recorded_task_runs(state.state_details.flow_run_id)
     return figures
 
@@ -264,6 +287,7 @@ def _run_flow(args: list[str]) -> dict[str, Any]:
     from tributary.settings import get_settings
 
     counts = _count_constructions()
+    waits = _time_slot_waits()
     figures: dict[str, Any] = {}
 
     @flow(name="bench-dbt-step")
@@ -276,6 +300,7 @@ def _run_flow(args: list[str]) -> dict[str, Any]:
         figures["cpu"] = time.process_time() - cpu
         figures["nodes"] = len(summary.nodes)
         figures["settings"], figures["clients"] = counts["settings"], counts["clients"]
+        figures["slot_wait"], figures["slots"] = sum(waits), len(waits)
 
     state = dbt_step(return_state=True)
     figures["ok"] = state.is_completed()
@@ -401,8 +426,8 @@ def run(
                     if "task_runs" in result:
                         extra += (
                             f", {result['task_runs']} task runs, {result['settings']} settings, "
-                            f"{result['clients']} clients built; server cpu "
-                            f"{result['server_cpu']:.2f} s"
+                            f"{result['clients']} clients built; {result['slots']} slots in "
+                            f"{result['slot_wait']:.2f} s; server cpu {result['server_cpu']:.2f} s"
                         )
                     console.print(
                         f"  round {round_ + 1} {LABELS[path]:<30} {result['seconds']:7.2f} s{extra}"
@@ -427,13 +452,17 @@ def summarise(
             "runs": len(runs),
             "ratio_to_plain": round(seconds / plain, 3),
         }
-        for key in ("cpu", "server_cpu", "nodes", "task_runs", "settings", "clients"):
+        for key in KEYS:
             if any(key in sample for sample in runs):
                 row[key] = statistics.median(sample.get(key, 0) for sample in runs)
         figures["paths"][path] = row
     if samples.get("elt") and samples.get("parts"):
-        figures["elt_over_parts"] = round(
-            figures["paths"]["elt"]["seconds"] / figures["paths"]["parts"]["seconds"], 3
+        parts = figures["paths"]["parts"]["seconds"]
+        figures["elt_over_parts"] = round(figures["paths"]["elt"]["seconds"] / parts, 3)
+        # Without the time spent waiting for warehouse slots (the server's answers, not work)
+        figures["elt_less_slot_waits_over_parts"] = round(
+            statistics.median(run["seconds"] - run["slot_wait"] for run in samples["elt"]) / parts,
+            3,
         )
     return figures
 
@@ -451,6 +480,7 @@ def print_table(figures: dict[str, Any], console: Console) -> None:
         "task runs",
         "Settings",
         "clients",
+        "slot wait s",
     )
     for column in columns:
         table.add_column(column, justify="left" if column == "path" else "right")
@@ -466,15 +496,13 @@ def print_table(figures: dict[str, Any], console: Console) -> None:
             LABELS[path],
             f"{row['seconds']:.2f}",
             f"{row['ratio_to_plain']:.2f}",
-            *(
-                cell(key)
-                for key in ("cpu", "server_cpu", "nodes", "task_runs", "settings", "clients")
-            ),
+            *(cell(key) for key in KEYS if key != "slots"),
         )
     console.print(table)
     if "elt_over_parts" in figures:
         console.print(
-            f"elt flow / its plain parts: {figures['elt_over_parts']:.2f}x (target <= 1.3x)"
+            f"elt flow / its plain parts: {figures['elt_over_parts']:.2f}x (target <= 1.3x); "
+            f"less its waits for warehouse slots: {figures['elt_less_slot_waits_over_parts']:.2f}x"
         )
     load = figures["load_average"]
     console.print(
