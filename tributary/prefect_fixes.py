@@ -3,7 +3,7 @@
 Prefect 3.9's flow engine sends a flow run's heartbeats from a thread that sleeps in whole
 seconds and checks its stop event between them; as a run ends, a synchronous flow joins that
 thread (``prefect.flow_engine._send_heartbeats(join_on_exit=True)``). Every flow run called in
-a process — each `elt`, `dbt` and `publish` run of a deployment, each `make demo` — so waited
+a process — each `elt` and `dbt` run of a deployment, each `make demo` — so waited
 0-1 s, 0.5 s on average, after its final state was set, before it returned and its hooks ran
 (bench/README, stop 22: 0.6 s per `elt` run in py-spy). Asynchronous flows skip that join
 (``join_on_exit=False``): the thread sees the stop event when its current second ends and
