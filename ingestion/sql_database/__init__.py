@@ -2,7 +2,7 @@
 arrow batches (tables in parallel), each loading by its declared mode."""
 
 from collections.abc import Callable, Collection, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import dlt
@@ -11,10 +11,12 @@ from dlt.extract.incremental import Incremental
 from dlt.sources.sql_database import sql_database
 from dlt.sources.sql_database.schema_types import default_table_adapter
 from sqlalchemy import DateTime, MetaData, Select, Table, create_engine, inspect
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from ingestion.declared import SqlDatabaseSource
+from ingestion.guards import GuardError
 from ingestion.sql_database import adbc
 from ingestion.sql_database.bulk import newest_rows
 from ingestion.sql_database.helpers import (
@@ -65,6 +67,7 @@ def reflect_tables(
     finally:
         engine.dispose()
     _naive_unless_said(metadata)
+    _times_of_day_only(name, metadata)
     prefix = f"{declaration.schema_}." if declaration.schema_ else ""
     plans = {
         table: plan_table(name, declaration, metadata.tables[prefix + table]) for table in selected
@@ -82,6 +85,64 @@ def _naive_unless_said(metadata: MetaData) -> None:
         for column in table.columns:
             if isinstance(column.type, DateTime) and not isinstance(column.type.timezone, bool):
                 column.type.timezone = False
+
+
+class NotATimeOfDay(GuardError):
+    """A MySQL or MariaDB ``time`` value outside a day, which the warehouse's ``time`` cannot
+    hold: nothing the read found was loaded."""
+
+
+class _TimeOfDay(mysql.TIME):
+    """MySQL's ``TIME``, read as a time of day only when it is one. The type holds durations
+    from -838:59:59 to 838:59:59, which the driver returns as ``timedelta``; SQLAlchemy's
+    ``TIME`` made a time of day of any of them by dropping whole days (``25:30:00`` loaded as
+    01:30, ``-01:00:00`` as 23:00) — values changed without a word. Such a value now stops the
+    read, naming the column."""
+
+    def __init__(self, where: str = "?.?.?", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.where = where
+        """``source.table.column``, for the message (an argument, so SQLAlchemy's copies of
+        the type keep it)."""
+
+    def result_processor(self, dialect: Any, coltype: object) -> Any:
+        parent = super().result_processor(dialect, coltype)
+        where = self.where
+
+        def process(value: Any) -> Any:
+            if isinstance(value, timedelta) and not timedelta(0) <= value < timedelta(days=1):
+                source, table, column = where.split(".", 2)
+                raise NotATimeOfDay(
+                    f"{where}: the time {_duration(value)} is not a time of day (MySQL's TIME "
+                    "also holds durations, from -838:59:59 to 838:59:59), and the warehouse's "
+                    "time would load it as another value; nothing this read found was loaded. "
+                    f"Leave the column out: sources.{source}.tables.{table}: columns: "
+                    f"{{exclude: [{column}]}}"
+                )
+            return parent(value) if parent is not None else value
+
+        return process
+
+
+def _duration(value: timedelta) -> str:
+    """``timedelta`` as MySQL writes a TIME: ``25:30:00``, ``-01:00:00.5``."""
+    sign, value = ("-", -value) if value < timedelta(0) else ("", value)
+    minutes, seconds = divmod(value.days * 86400 + value.seconds, 60)
+    fraction = f".{value.microseconds:06d}".rstrip("0") if value.microseconds else ""
+    return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}{fraction}"
+
+
+def _times_of_day_only(name: str, metadata: MetaData) -> None:
+    """Each MySQL/MariaDB ``time`` column read by ``_TimeOfDay``: a value outside a day stops
+    the read instead of loading as another time."""
+    for table in metadata.tables.values():
+        for column in table.columns:
+            if isinstance(column.type, mysql.TIME):
+                column.type = _TimeOfDay(
+                    f"{name}.{table.name}.{column.name}",
+                    timezone=column.type.timezone,
+                    fsp=column.type.fsp,
+                )
 
 
 def _whole_table_reads(
