@@ -6,12 +6,16 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
+
+from tributary.settings import Settings
 
 SERVERS = {
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
@@ -77,3 +81,17 @@ def table_with(url: str, name: str, sql: str) -> Iterator[None]:
         yield
     finally:
         run_sql(url, f"drop table if exists {name}")
+
+
+def declared(folder: Path, source: str, url: str, tables: dict[str, Any]) -> Settings:
+    """Settings whose ``sources.yml`` (in ``folder``) declares only ``source``: ``tables`` of
+    the database at ``url``, merged on their keys by ``updated_at``; data in ``folder/data``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    declaration = {
+        "type": "sql_database",
+        "credentials": url,
+        "defaults": {"mode": "merge", "cursor": "updated_at"},
+        "tables": tables,
+    }
+    (folder / "sources.yml").write_text(yaml.safe_dump({"sources": {source: declaration}}))
+    return Settings(data_dir=folder / "data", sources_file=folder / "sources.yml")

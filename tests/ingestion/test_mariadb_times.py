@@ -13,10 +13,9 @@ from typing import Any
 
 import duckdb
 import pytest
-import yaml
 
 from ingestion.pipeline import PipelineFailed, make_pipeline, run_source
-from tests.servers import query, run_sql, throwaway_database
+from tests.servers import declared, query, run_sql, throwaway_database
 from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -40,18 +39,6 @@ def mariadb() -> Iterator[str]:
         run_sql(url, TABLE)  # one statement at a time: PyMySQL runs no batches
         run_sql(url, ROWS)
         yield url
-
-
-def _settings(folder: Path, url: str, table: dict[str, Any] | None = None) -> Settings:
-    folder.mkdir(parents=True, exist_ok=True)
-    hr = {
-        "type": "sql_database",
-        "credentials": url,
-        "defaults": {"mode": "merge", "cursor": "updated_at"},
-        "tables": {"shifts": table},
-    }
-    (folder / "sources.yml").write_text(yaml.safe_dump({"sources": {"hr": hr}}))
-    return Settings(data_dir=folder / "data", sources_file=folder / "sources.yml")
 
 
 def _time_of_day(value: timedelta | None) -> time | None:
@@ -87,7 +74,7 @@ def _refused(settings: Settings, column: str, value: str) -> None:
 def test_times_of_day_load_exactly_and_a_duration_stops_the_read(
     mariadb: str, tmp_path: Path
 ) -> None:
-    settings = _settings(tmp_path / "all", mariadb)
+    settings = declared(tmp_path / "all", "hr", mariadb, {"shifts": None})
     first = run_source("hr", settings)
     assert [(t.table, t.new) for t in first.tables] == [("shifts", 3)]
     loaded = _warehouse(settings, "length, starts")
@@ -110,7 +97,9 @@ def test_times_of_day_load_exactly_and_a_duration_stops_the_read(
     assert _warehouse(settings, "length, starts") == loaded
 
     run_sql(mariadb, "update shifts set length = '25:30:00', starts = '07:00:00' where id = 4")
-    left_out = _settings(tmp_path / "left_out", mariadb, {"columns": {"exclude": ["length"]}})
+    left_out = declared(
+        tmp_path / "left_out", "hr", mariadb, {"shifts": {"columns": {"exclude": ["length"]}}}
+    )
     again = run_source("hr", left_out)
     assert [(t.table, t.new) for t in again.tables] == [("shifts", 4)]
     assert _warehouse(left_out, "starts") == _source(mariadb, "starts")

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pytest
-import yaml
 
 from ingestion.pipeline import make_pipeline, run_source
-from tests.servers import query, run_sql, throwaway_database
-from tributary.settings import ConfigurationError, Settings
+from tests.servers import declared, query, run_sql, throwaway_database
+from tributary.settings import ConfigurationError
 
 pytestmark = pytest.mark.integration
 
@@ -42,22 +40,10 @@ def mariadb() -> Iterator[str]:
         yield url
 
 
-def _settings(folder: Path, url: str, table: dict[str, Any] | None) -> Settings:
-    folder.mkdir(parents=True, exist_ok=True)
-    books = {
-        "type": "sql_database",
-        "credentials": url,
-        "defaults": {"mode": "merge", "cursor": "updated_at"},
-        "tables": {"ledger": table},
-    }
-    (folder / "sources.yml").write_text(yaml.safe_dump({"sources": {"books": books}}))
-    return Settings(data_dir=folder / "data", sources_file=folder / "sources.yml")
-
-
 def test_a_decimal_wider_than_the_warehouse_is_refused_by_name(
     mariadb: str, tmp_path: Path
 ) -> None:
-    everything = _settings(tmp_path / "everything", mariadb, None)
+    everything = declared(tmp_path / "everything", "books", mariadb, {"ledger": None})
     for _ in range(2):  # and again: nothing was left pending to fail on
         with pytest.raises(ConfigurationError) as refused:
             run_source("books", everything)
@@ -67,7 +53,9 @@ def test_a_decimal_wider_than_the_warehouse_is_refused_by_name(
         assert not everything.warehouse.exists()
         assert not make_pipeline("books", everything).has_pending_data
 
-    settings = _settings(tmp_path / "left_out", mariadb, {"columns": {"exclude": ["huge"]}})
+    settings = declared(
+        tmp_path / "left_out", "books", mariadb, {"ledger": {"columns": {"exclude": ["huge"]}}}
+    )
     first = run_source("books", settings)
     assert [(t.table, t.new) for t in first.tables] == [("ledger", 3)]
     with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
