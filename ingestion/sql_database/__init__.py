@@ -225,6 +225,7 @@ def sql_database_source(
         reflection_level="full",
         detect_precision_hints=None,  # the default False only triggers dlt's deprecation warning
     ).clone(with_name=name)
+    prefix = f"{declaration.schema_}." if declaration.schema_ else ""
     for table, resource in database.resources.items():
         plan = plans[table]
         hints: dict[str, Any] = {
@@ -237,6 +238,12 @@ def sql_database_source(
                 plan.cursor, lag=plan.lag or None, on_cursor_value_missing="include"
             )
         columns: dict[str, Any] = {}
+        if backend_for(url) == adbc.BACKEND:
+            columns |= {
+                column.name: {"name": column.name, "data_type": "text", "precision": None}
+                for column in metadata.tables[prefix + table].columns
+                if adbc.text_time(column.type)
+            }
         if plan.mode == "merge" and plan.delete_flagged:
             columns[plan.soft_delete] = {"hard_delete": True}
         if plan.mask:

@@ -69,8 +69,8 @@ def record_batches(url: URL, query: str, batch_bytes: int = BATCH_BYTES) -> Iter
 
 # Column types ADBC hands over as values dlt and DuckDB load (uuid, json and numeric as arrow
 # extension types, made plain by `plain_batch`). Any other — inet, cidr, macaddr, interval,
-# bit, tsvector, ranges, … — ADBC gives in the server's binary form or as a type dlt cannot
-# load: those are read as the server's text for them.
+# bit, tsvector, ranges, … — and time with time zone ADBC gives in the server's binary form or
+# as a type dlt cannot load: those are read as the server's text for them.
 _READ_AS_IS = (
     sqltypes.Integer,
     sqltypes.Numeric,
@@ -89,12 +89,22 @@ _READ_AS_IS = (
 _UNCONSTRAINED = (38, 9)
 
 
+def text_time(kind: Any) -> bool:
+    """Whether a reflected type is ``time with time zone``: ADBC gives it in the server's binary
+    form (the load then failed, "Unimplemented type for cast (BLOB -> TIME)"), and the
+    warehouse's ``time`` has no offset. It is read, and typed, as the server's text
+    (``24:00:00+02``)."""
+    return isinstance(kind, sqltypes.Time) and bool(kind.timezone)
+
+
 def as_read(column: Any) -> Any:
     """``column`` itself, or its text when its type is outside ``_READ_AS_IS``. ``money`` is
     read as a number: its binary form is a count of the smallest unit, which loaded as that
     integer ($12.34 as 1234). ``inet`` is read as PostgreSQL shows it (``abbrev``): a cast to
     text always adds the netmask, ``/32`` to a single address."""
     kind = column.type
+    if text_time(kind):
+        return cast(column, sqltypes.Text)
     if isinstance(kind, MONEY):
         return cast(column, sqltypes.Numeric())
     if isinstance(kind, INET):

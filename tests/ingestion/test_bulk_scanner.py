@@ -43,7 +43,7 @@ from generate_series(1, 3000) as i;
 create table typed (
     id integer primary key, grade char(3), opens time, blob bytea, price money,
     amount numeric(12, 2), ratio numeric, ref uuid, doc jsonb, host inet, wait interval,
-    updated_at timestamp not null
+    closes timetz, updated_at timestamp not null
 );
 insert into typed
 select i, case when i %% 6 = 0 then null else 'g' || (i %% 9) end,
@@ -54,7 +54,10 @@ select i, case when i %% 6 = 0 then null else 'g' || (i %% 9) end,
     case when i %% 9 = 0 then null
         else jsonb_build_object('n', i, 'tags', jsonb_build_array('ä', i %% 3)) end,
     ('10.0.' || (i %% 250) || '.' || (i %% 7) || '/' || (24 + i %% 9))::inet,
-    i * interval '1 minute 1.5 seconds', timestamp '2026-01-01' + i * interval '1 minute'
+    i * interval '1 minute 1.5 seconds',
+    case when i %% 10 = 0 then null when i = 1 then timetz '24:00:00+02'
+        else timetz '12:00:00.25-05:30' + i * interval '1.5 second' end,
+    timestamp '2026-01-01' + i * interval '1 minute'
 from generate_series(1, 2000) as i;
 """
 KEYS = {"plain": "id", "typed": "id"}
@@ -154,19 +157,21 @@ def test_the_scanner_and_the_adbc_stream_load_what_dlt_would(
     )
 
     # The ADBC stream's types against the source: numeric at its scale (dlt's 9 places where
-    # none is declared), money as its amount (not a count of cents), uuid, jsonb and interval
-    # as the server's text, inet as the server shows it (a single address without /32).
+    # none is declared), money as its amount (not a count of cents), uuid, jsonb, interval and
+    # time with time zone (which ADBC gives in its binary form) as the server's text, inet as
+    # the server shows it (a single address without /32).
     with duckdb.connect(str(streamed.warehouse), read_only=True) as warehouse:
         raw = warehouse.execute(
-            "select id, amount, ratio, price, ref, doc::varchar, host, wait "
+            "select id, amount, ratio, price, ref, doc::varchar, host, wait, closes "
             "from raw_ext.typed order by id"
         ).fetchall()
     assert raw == query(
         source,
         "select id, amount, round(ratio, 9), price::numeric, ref::text, doc::text, "
-        "abbrev(host), wait::text from typed order by id",
+        "abbrev(host), wait::text, closes::text from typed order by id",
     )
-    assert any(host.count("/") == 0 for (*_, host, _) in raw)  # some /32 addresses
+    assert any(host.count("/") == 0 for (*_, host, _, _) in raw)  # some /32 addresses
+    assert raw[0][-1] == "24:00:00+02"
 
 
 def test_a_numeric_a_decimal_cannot_hold_fails_the_run_naming_its_column(
