@@ -162,21 +162,72 @@ def _decimals(values: pa.Array, kind: pa.Decimal128Type, where: str) -> pa.Array
         raise ValueError(f"{where}: a numeric does not fit {kind}: {exc}") from None
 
 
+# ADBC moves PostgreSQL's timestamps and dates from the server's epoch (2000-01-01) to arrow's
+# (1970) without checking for overflow: 'infinity' and '-infinity' (the server's largest and
+# smallest int64 / int32) wrap around to the most negative values, and loaded as dates some
+# 290,000 (timestamps) or 5.9 million (dates) years BC, both alike. DuckDB holds infinities as
+# the largest value and its negation; a timestamp past 294247-01-10, DuckDB's last, wraps too.
+_INT64, _INT32 = 2**63 - 1, 2**31 - 1
+_SHIFT_MICROSECONDS, _SHIFT_DAYS = 946_684_800_000_000, 10_957
+_WRAPPED_INFINITIES = {
+    pa.int64(): {
+        _INT64 + _SHIFT_MICROSECONDS - 2**64: _INT64,
+        -_INT64 - 1 + _SHIFT_MICROSECONDS: -_INT64,
+    },
+    pa.int32(): {_INT32 + _SHIFT_DAYS - 2**32: _INT32, -_INT32 - 1 + _SHIFT_DAYS: -_INT32},
+}
+# PostgreSQL's first timestamp and date (4714-11-24 BC) on arrow's scale: below, a value wrapped.
+_FIRST = {pa.int64(): -210_866_803_200_000_000, pa.int32(): -2_440_588}
+
+
+def _infinities(values: pa.Array, where: str) -> pa.Array:
+    """A timestamp or date column with PostgreSQL's infinities as DuckDB's; a timestamp past
+    DuckDB's last is an error naming ``where``."""
+    if pa.types.is_timestamp(values.type) and values.type.unit != "us":
+        return values  # ADBC reads PostgreSQL's at microseconds
+    storage = pa.int64() if pa.types.is_timestamp(values.type) else pa.int32()
+    raw = values.view(storage)
+    lowest = pc.min(raw).as_py()
+    if lowest is None or lowest >= _FIRST[storage]:
+        return values
+    wrapped = _WRAPPED_INFINITIES[storage]
+    numbers = raw.to_pylist()
+    for index, number in enumerate(numbers):
+        if number is None or number >= _FIRST[storage]:
+            continue
+        if number not in wrapped:
+            raise ValueError(
+                f"{where}: a timestamp after 294247-01-10, the warehouse's last (correct the "
+                "row, or leave the column out: `columns: {exclude: [...]}` in the sources file)"
+            )
+        numbers[index] = wrapped[number]
+    return pa.array(numbers, type=storage).view(values.type)
+
+
 def _has_extension_types(schema: pa.Schema) -> bool:
     return any(isinstance(field.type, pa.BaseExtensionType) for field in schema)
+
+
+def _temporal(kind: pa.DataType) -> bool:
+    return pa.types.is_timestamp(kind) or pa.types.is_date32(kind)
 
 
 def plain_batch(
     batch: pa.RecordBatch, decimals: Mapping[str, pa.Decimal128Type], table: str
 ) -> pa.RecordBatch:
     """``batch`` without arrow extension types: uuid as its text, json as its text, numeric
-    as the column's decimal (``decimals``)."""
-    if not _has_extension_types(batch.schema):
+    as the column's decimal (``decimals``); timestamps and dates with PostgreSQL's
+    infinities as DuckDB's (``_infinities``)."""
+    if not _has_extension_types(batch.schema) and not any(
+        _temporal(field.type) for field in batch.schema
+    ):
         return batch
     arrays = []
     for field, array in zip(batch.schema, batch.columns, strict=True):
         kind = field.type
-        if isinstance(kind, pa.UuidType):
+        if _temporal(kind):
+            array = _infinities(array, f"{table}.{field.name}")
+        elif isinstance(kind, pa.UuidType):
             array = pa.array(
                 [
                     None if raw is None else str(UUID(bytes=raw))
@@ -198,7 +249,9 @@ def plain_batches(
     reader: pa.RecordBatchReader, decimals: Mapping[str, pa.Decimal128Type], table: str
 ) -> pa.RecordBatchReader:
     """``plain_batch`` over a stream."""
-    if not _has_extension_types(reader.schema):
+    if not _has_extension_types(reader.schema) and not any(
+        _temporal(field.type) for field in reader.schema
+    ):
         return reader
     first = next(iter(reader), None)
     if first is None:

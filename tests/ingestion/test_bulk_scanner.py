@@ -368,3 +368,84 @@ def test_money_loaded_as_cents_before_stops_the_run_until_the_table_is_reloaded(
 def _balances(settings: Settings) -> list[tuple[Any, ...]]:
     with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
         return warehouse.execute("select id, balance from raw_ext.wallet order by id").fetchall()
+
+
+PERIODS = (
+    "create table periods (id integer primary key, valid_from timestamptz, valid_to timestamp,"
+    " ends date, updated_at timestamp not null); insert into periods select i,"
+    " case i %% 7 when 0 then '-infinity' when 1 then null"
+    "   else timestamptz '1999-12-31 23:00:00.5+00' + i * interval '1 day 1 second' end,"
+    " case i %% 5 when 0 then 'infinity' when 1 then '-infinity' when 2 then null"
+    "   else timestamp '1969-07-20 20:17:40' + i * interval '1 hour' end,"
+    " case i %% 3 when 0 then 'infinity' when 1 then '-infinity'"
+    "   else date '0044-03-15 BC' + i end,"
+    " timestamp '2026-01-01' + i * interval '1 minute' from generate_series(1, 3000) as i"
+)
+# Each value as text on both sides: 'infinity', '-infinity', or microseconds (days for a date)
+# from 1970; NULL as NULL.
+PERIODS_IN_POSTGRES = """
+select id,
+    case when isfinite(valid_from) then (extract(epoch from valid_from) * 1000000)::bigint::text
+        else valid_from::text end,
+    case when isfinite(valid_to) then (extract(epoch from valid_to) * 1000000)::bigint::text
+        else valid_to::text end,
+    case when isfinite(ends) then (ends - date '1970-01-01')::text else ends::text end
+from periods order by id
+"""
+PERIODS_IN_DUCKDB = """
+select id,
+    case when isfinite(valid_from) then epoch_us(valid_from)::varchar
+        else valid_from::varchar end,
+    case when isfinite(valid_to) then epoch_us(valid_to)::varchar else valid_to::varchar end,
+    case when isfinite(ends) then (ends - date '1970-01-01')::varchar else ends::varchar end
+from raw_ext.periods order by id
+"""
+
+
+def _periods(settings: Settings) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        return warehouse.execute(PERIODS_IN_DUCKDB).fetchall()
+
+
+def test_postgres_infinities_load_as_infinities_on_every_path(
+    source: str, tmp_path: Path, scanned: list[str]
+) -> None:
+    """ADBC wrapped 'infinity' and '-infinity' timestamps and dates to dates some 290,000 (or
+    5.9 million) years BC, both alike, and the run completed. Read whole (the scanner for the
+    rest, or dlt alone through ADBC) and then merged, they load as DuckDB's infinities; a
+    timestamp past DuckDB's last stops the run naming the column, loading nothing."""
+    with table_with(source, "periods", PERIODS):
+        runs = {
+            bulk_reads: _settings(
+                tmp_path / str(bulk_reads), source, bulk_reads=bulk_reads, tables=("periods",)
+            )
+            for bulk_reads in (True, False)
+        }
+        for settings in runs.values():
+            run_source("ext", settings)
+        assert scanned == ["periods"]
+        expected = query(source, PERIODS_IN_POSTGRES)
+        assert {"infinity", "-infinity"} <= {value for row in expected for value in row[1:]}
+        for settings in runs.values():
+            assert _periods(settings) == expected
+
+        run_sql(
+            source,
+            "update periods set valid_to = 'infinity', ends = '-infinity', valid_from = "
+            "'infinity', updated_at = timestamp '2026-02-01' + id * interval '1 second' "
+            "where id %% 10 = 3",
+        )
+        for settings in runs.values():
+            second = run_source("ext", settings)
+            assert [(t.table, t.updated) for t in second.tables] == [("periods", 300)]
+            assert _periods(settings) == query(source, PERIODS_IN_POSTGRES)
+
+        before = _periods(runs[False])
+        run_sql(
+            source,
+            "update periods set valid_to = timestamp '294270-01-01', updated_at = "
+            "timestamp '2026-03-01' where id = 4",
+        )
+        with pytest.raises(Exception, match=r"periods\.valid_to: a timestamp after 294247-01-10"):
+            run_source("ext", runs[False])
+        assert _periods(runs[False]) == before
