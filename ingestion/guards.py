@@ -140,6 +140,29 @@ def value_reasons(contract: Contract, row: Mapping[str, Any]) -> list[str]:
     return reasons
 
 
+def _pylist(table: pa.Table) -> list[dict[str, Any]]:
+    """``table.to_pylist()``, but a timestamp or date Python cannot hold — PostgreSQL's
+    infinities, which load as DuckDB's (the largest value and its negation) — as
+    ``'infinity'`` or ``'-infinity'`` (another, as its count from 1970)."""
+    try:
+        return table.to_pylist()
+    except (ValueError, OverflowError):
+        pass
+    columns = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        values = []
+        for scalar in column:
+            try:
+                values.append(scalar.as_py())
+            except (ValueError, OverflowError):
+                wide = pa.types.is_timestamp(scalar.type) or pa.types.is_date64(scalar.type)
+                count = scalar.cast(pa.int64() if wide else pa.int32()).as_py()
+                largest = 2**63 - 1 if wide else 2**31 - 1
+                values.append({largest: "infinity", -largest: "-infinity"}.get(count, str(count)))
+        columns[name] = values
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
 def _arrow_checks(contract: Contract, table: pa.Table) -> tuple[pa.Array, list[str]]:
     """Which rows of an arrow batch are rejected (a boolean mask), and why (one text per
     rejected row, in order). Vectorised: a clean batch costs a few compute kernels."""
@@ -184,7 +207,7 @@ def _arrow_checks(contract: Contract, table: pa.Table) -> tuple[pa.Array, list[s
         rejected = pc.or_(rejected, mask)
     if not pc.any(rejected).as_py():
         return rejected, []
-    rows = table.filter(rejected).to_pylist()
+    rows = _pylist(table.filter(rejected))
     hits = [mask.filter(rejected).to_pylist() for mask in masks]
     reasons = [
         "; ".join(
@@ -220,7 +243,7 @@ class RowGuard(ItemTransform[Any, dict[str, Any]]):
         rejected, reasons = _arrow_checks(self.contract, table)
         if not reasons:
             return table
-        bad = table.filter(rejected).to_pylist()
+        bad = _pylist(table.filter(rejected))
         self._reject(
             [
                 Rejected(self.contract.table, reason, row, self._key(row))

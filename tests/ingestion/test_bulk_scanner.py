@@ -413,7 +413,8 @@ def test_postgres_infinities_load_as_infinities_on_every_path(
     """ADBC wrapped 'infinity' and '-infinity' timestamps and dates to dates some 290,000 (or
     5.9 million) years BC, both alike, and the run completed. Read whole (the scanner for the
     rest, or dlt alone through ADBC) and then merged, they load as DuckDB's infinities; a
-    timestamp past DuckDB's last stops the run naming the column, loading nothing."""
+    cursor at infinity is quarantined as in the future; a timestamp past DuckDB's last stops
+    the run naming the column, loading nothing."""
     with table_with(source, "periods", PERIODS):
         runs = {
             bulk_reads: _settings(
@@ -439,6 +440,16 @@ def test_postgres_infinities_load_as_infinities_on_every_path(
             second = run_source("ext", settings)
             assert [(t.table, t.updated) for t in second.tables] == [("periods", 300)]
             assert _periods(settings) == query(source, PERIODS_IN_POSTGRES)
+
+        # A cursor at infinity is a cursor in the future: quarantined (was: Python could not
+        # hold the wrapped value and the run failed in the guard).
+        kept = _periods(runs[False])
+        run_sql(source, "update periods set valid_to = null, updated_at = 'infinity' where id = 6")
+        for settings in runs.values():
+            third = run_source("ext", settings)
+            assert [(q.table, q.rows) for q in third.quarantined] == [("periods", 1)]
+            assert "cursor updated_at infinity is beyond now" in third.quarantined[0].reason
+            assert _periods(settings) == kept
 
         before = _periods(runs[False])
         run_sql(
