@@ -99,19 +99,20 @@ class _TimeOfDay(mysql.TIME):
     01:30, ``-01:00:00`` as 23:00) — values changed without a word. Such a value now stops the
     read, naming the column."""
 
-    def __init__(self, where: str = "?.?.?", **kwargs: Any) -> None:
+    def __init__(
+        self, source: str = "?", table: str = "?", column: str = "?", **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.where = where
-        """``source.table.column``, for the message (an argument, so SQLAlchemy's copies of
-        the type keep it)."""
+        # for the message; arguments, so that SQLAlchemy's copies of the type keep them
+        self.source, self.table, self.column = source, table, column
 
     def result_processor(self, dialect: Any, coltype: object) -> Any:
         parent = super().result_processor(dialect, coltype)
-        where = self.where
+        source, table, column = self.source, self.table, self.column
+        where = f"{source}.{table}.{column}"
 
         def process(value: Any) -> Any:
             if isinstance(value, timedelta) and not timedelta(0) <= value < timedelta(days=1):
-                source, table, column = where.split(".", 2)
                 raise NotATimeOfDay(
                     f"{where}: the time {_duration(value)} is not a time of day (MySQL's TIME "
                     "also holds durations, from -838:59:59 to 838:59:59), and the warehouse's "
@@ -139,7 +140,9 @@ def _times_of_day_only(name: str, metadata: MetaData) -> None:
         for column in table.columns:
             if isinstance(column.type, mysql.TIME):
                 column.type = _TimeOfDay(
-                    f"{name}.{table.name}.{column.name}",
+                    name,
+                    table.name,
+                    column.name,
                     timezone=column.type.timezone,
                     fsp=column.type.fsp,
                 )
