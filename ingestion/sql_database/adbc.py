@@ -69,8 +69,9 @@ def record_batches(url: URL, query: str, batch_bytes: int = BATCH_BYTES) -> Iter
 
 # Column types ADBC hands over as values dlt and DuckDB load (uuid, json and numeric as arrow
 # extension types, made plain by `plain_batch`). Any other — inet, cidr, macaddr, interval,
-# bit, tsvector, ranges, … — and time with time zone ADBC gives in the server's binary form or
-# as a type dlt cannot load: those are read as the server's text for them.
+# bit, tsvector, ranges, … — ADBC gives in the server's binary form or as a type dlt cannot
+# load: those are read as the server's text for them, and so is time with time zone
+# (`text_time`).
 _READ_AS_IS = (
     sqltypes.Integer,
     sqltypes.Numeric,
