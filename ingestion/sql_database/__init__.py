@@ -67,7 +67,7 @@ def reflect_tables(
     finally:
         engine.dispose()
     _naive_unless_said(metadata)
-    _times_of_day_only(name, metadata)
+    _checked_mysql_types(name, metadata)
     prefix = f"{declaration.schema_}." if declaration.schema_ else ""
     plans = {
         table: plan_table(name, declaration, metadata.tables[prefix + table]) for table in selected
@@ -87,42 +87,79 @@ def _naive_unless_said(metadata: MetaData) -> None:
                 column.type.timezone = False
 
 
-class NotATimeOfDay(GuardError):
-    """A MySQL or MariaDB ``time`` value outside a day, which the warehouse's ``time`` cannot
-    hold: nothing the read found was loaded."""
+class OutOfWarehouseRange(GuardError):
+    """A MySQL or MariaDB value the warehouse's type for its column cannot hold: nothing the
+    read found was loaded."""
 
 
-class _TimeOfDay(mysql.TIME):
-    """MySQL's ``TIME``, read as a time of day only when it is one. The type holds durations
-    from -838:59:59 to 838:59:59, which the driver returns as ``timedelta``; SQLAlchemy's
-    ``TIME`` made a time of day of any of them by dropping whole days (``25:30:00`` loaded as
-    01:30, ``-01:00:00`` as 23:00) — values changed without a word. Such a value now stops the
-    read, naming the column."""
+BIGINT_MAX = 2**63 - 1
+
+
+class _Checked:
+    """A reflected MySQL type that stops the read at a value its warehouse type cannot hold,
+    naming the column (``problem``), instead of letting it load as another value or fail
+    deep in the extract."""
 
     def __init__(
-        self, source: str = "?", table: str = "?", column: str = "?", **kwargs: Any
+        self,
+        source: str = "?",
+        table: str = "?",
+        column: str = "?",
+        key: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         # for the message; arguments, so that SQLAlchemy's copies of the type keep them
-        self.source, self.table, self.column = source, table, column
+        self.source, self.table, self.column, self.key = source, table, column, key
+
+    def problem(self, value: Any) -> str | None:
+        raise NotImplementedError
 
     def result_processor(self, dialect: Any, coltype: object) -> Any:
-        parent = super().result_processor(dialect, coltype)
-        source, table, column = self.source, self.table, self.column
-        where = f"{source}.{table}.{column}"
+        parent = super().result_processor(dialect, coltype)  # type: ignore[misc]
+        source, table, column, problem = self.source, self.table, self.column, self.problem
+        remedy = (
+            f"It is the table's key, which cannot be left out: leave the table out "
+            f"(sources.{source}: exclude: [{table}])"
+            if self.key
+            else f"Leave the column out: sources.{source}.tables.{table}: columns: "
+            f"{{exclude: [{column}]}}"
+        )
 
         def process(value: Any) -> Any:
-            if isinstance(value, timedelta) and not timedelta(0) <= value < timedelta(days=1):
-                raise NotATimeOfDay(
-                    f"{where}: the time {_duration(value)} is not a time of day (MySQL's TIME "
-                    "also holds durations, from -838:59:59 to 838:59:59), and the warehouse's "
-                    "time would load it as another value; nothing this read found was loaded. "
-                    f"Leave the column out: sources.{source}.tables.{table}: columns: "
-                    f"{{exclude: [{column}]}}"
+            if value is not None and (text := problem(value)) is not None:
+                raise OutOfWarehouseRange(
+                    f"{source}.{table}.{column}: {text}; nothing this read found was loaded. "
+                    + remedy
                 )
             return parent(value) if parent is not None else value
 
         return process
+
+
+class _TimeOfDay(_Checked, mysql.TIME):
+    """MySQL's ``TIME`` holds durations from -838:59:59 to 838:59:59, which the driver returns
+    as ``timedelta``; SQLAlchemy's ``TIME`` made a time of day of any of them by dropping
+    whole days (``25:30:00`` loaded as 01:30, ``-01:00:00`` as 23:00), without a word."""
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, timedelta) and not timedelta(0) <= value < timedelta(days=1):
+            return (
+                f"the time {_duration(value)} is not a time of day (MySQL's TIME also holds "
+                "durations, from -838:59:59 to 838:59:59), and the warehouse's time would load "
+                "it as another value"
+            )
+        return None
+
+
+class _UnsignedBigint(_Checked, mysql.BIGINT):
+    """``bigint unsigned`` loads as the warehouse's ``bigint``; a value past its largest failed
+    the extract with "Python int too large to convert to C long", naming nothing."""
+
+    def problem(self, value: Any) -> str | None:
+        if isinstance(value, int) and value > BIGINT_MAX:
+            return f"{value} is past the warehouse's bigint (at most {BIGINT_MAX})"
+        return None
 
 
 def _duration(value: timedelta) -> str:
@@ -133,18 +170,18 @@ def _duration(value: timedelta) -> str:
     return f"{sign}{minutes // 60:02d}:{minutes % 60:02d}:{seconds:02d}{fraction}"
 
 
-def _times_of_day_only(name: str, metadata: MetaData) -> None:
-    """Each MySQL/MariaDB ``time`` column read by ``_TimeOfDay``: a value outside a day stops
-    the read instead of loading as another time."""
+def _checked_mysql_types(name: str, metadata: MetaData) -> None:
+    """MySQL/MariaDB ``time`` and ``bigint unsigned`` columns read by their ``_Checked``
+    types: a value the warehouse cannot hold stops the read, naming the column."""
     for table in metadata.tables.values():
         for column in table.columns:
-            if isinstance(column.type, mysql.TIME):
-                column.type = _TimeOfDay(
-                    name,
-                    table.name,
-                    column.name,
-                    timezone=column.type.timezone,
-                    fsp=column.type.fsp,
+            kind = column.type
+            where = (name, table.name, column.name, column.primary_key)
+            if isinstance(kind, mysql.TIME):
+                column.type = _TimeOfDay(*where, timezone=kind.timezone, fsp=kind.fsp)
+            elif isinstance(kind, mysql.BIGINT) and kind.unsigned:
+                column.type = _UnsignedBigint(
+                    *where, display_width=kind.display_width, unsigned=True, zerofill=kind.zerofill
                 )
 
 

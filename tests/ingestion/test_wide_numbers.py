@@ -2,7 +2,8 @@
 (DuckDB's decimal holds 38 digits). Its load failed in DuckDB ("Width must be between 1 and
 38", a schema update dlt calls transient), and the package it left pending failed again on
 every later run. Now the run is refused before anything is read, naming the column, and the
-table loads once the declaration leaves the column out."""
+table loads once the declaration leaves the column out. And ``bigint unsigned`` past the
+warehouse's ``bigint``."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ingestion.pipeline import make_pipeline, run_source
+from ingestion.pipeline import PipelineFailed, make_pipeline, run_source
 from tests.servers import declared, query, run_sql, throwaway_database
-from tributary.settings import ConfigurationError
+from tributary.settings import ConfigurationError, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +64,55 @@ def test_a_decimal_wider_than_the_warehouse_is_refused_by_name(
         columns = {name for (name, *_) in warehouse.execute("describe raw_books.ledger").fetchall()}
     assert "huge" not in columns
     assert raw == query(mariadb, "select id, amount from ledger order by id")
+
+
+COUNTERS = """
+create table counters (
+    id bigint unsigned primary key, n bigint unsigned, updated_at datetime(6) not null
+)
+"""
+
+
+def _counters(settings: Settings) -> list[tuple[int, int | None]]:
+    with duckdb.connect(str(settings.warehouse), read_only=True) as warehouse:
+        return warehouse.execute("select id, n from raw_books.counters order by id").fetchall()
+
+
+def test_an_unsigned_bigint_past_the_warehouses_is_refused_by_name(tmp_path: Path) -> None:
+    """``bigint unsigned`` loads as the warehouse's ``bigint``; a value past 2^63 - 1 failed the
+    extract with "Python int too large to convert to C long", naming nothing. Now the run
+    stops naming the column and the value (for a key: the table, which must be left out),
+    loading nothing of that read."""
+    with throwaway_database("mariadb") as url:
+        run_sql(url, COUNTERS)
+        run_sql(
+            url,
+            "insert into counters values (1, 9223372036854775807, '2026-01-01'), "
+            "(2, 0, '2026-01-01'), (3, null, '2026-01-01')",
+        )
+        settings = declared(tmp_path, "books", url, {"counters": None})
+        run_source("books", settings)
+        loaded = _counters(settings)
+        assert loaded == query(url, "select id, n from counters order by id")
+
+        cases = [
+            (
+                "insert into counters values (4, 18446744073709551615, '2026-01-02')",
+                "books.counters.n: 18446744073709551615 is past the warehouse's bigint "
+                "(at most 9223372036854775807)",
+                "sources.books.tables.counters: columns: {exclude: [n]}",
+            ),
+            (
+                "update counters set id = 9223372036854775808, n = 1 where id = 4",
+                "books.counters.id: 9223372036854775808 is past the warehouse's bigint",
+                "It is the table's key, which cannot be left out: leave the table out "
+                "(sources.books: exclude: [counters])",
+            ),
+        ]
+        for change, problem, remedy in cases:
+            run_sql(url, change)
+            with pytest.raises(PipelineFailed) as refused:
+                run_source("books", settings)
+            assert problem in str(refused.value) and remedy in str(refused.value)
+            assert _counters(settings) == loaded
+            assert not make_pipeline("books", settings).has_pending_data
