@@ -50,6 +50,9 @@ class DeletesStopped(GuardError):
 
 
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# DuckDB's 'infinity' for a timestamp (int64 storage) and a date (int32): the type's largest
+# value; '-infinity' is its negation.
+INFINITY = {pa.int64(): BIGINT_MAX, pa.int32(): 2**31 - 1}
 # The same words every run, so that a row sent again is counted, not quarantined anew.
 FUTURE = "is beyond now plus the tolerance (TRIBUTARY_CURSOR_FUTURE_TOLERANCE_SECONDS)"
 
@@ -156,8 +159,8 @@ def _pylist(table: pa.Table) -> list[dict[str, Any]]:
                 values.append(scalar.as_py())
             except (ValueError, OverflowError):
                 wide = pa.types.is_timestamp(scalar.type) or pa.types.is_date64(scalar.type)
-                count = scalar.cast(pa.int64() if wide else pa.int32()).as_py()
-                largest = 2**63 - 1 if wide else 2**31 - 1
+                storage = pa.int64() if wide else pa.int32()
+                count, largest = scalar.cast(storage).as_py(), INFINITY[storage]
                 values.append({largest: "infinity", -largest: "-infinity"}.get(count, str(count)))
         columns[name] = values
     return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from ingestion.declared import SqlDatabaseSource
-from ingestion.guards import GuardError
+from ingestion.guards import BIGINT_MAX, GuardError
 from ingestion.sql_database import adbc
 from ingestion.sql_database.bulk import newest_rows
 from ingestion.sql_database.helpers import (
@@ -90,9 +90,6 @@ def _naive_unless_said(metadata: MetaData) -> None:
 class OutOfWarehouseRange(GuardError):
     """A MySQL or MariaDB value the warehouse's type for its column cannot hold: nothing the
     read found was loaded."""
-
-
-BIGINT_MAX = 2**63 - 1
 
 
 class _Checked:
@@ -251,6 +248,7 @@ def sql_database_source(
     the five shop tables on PostgreSQL).
     """
     _read_columns_only(plans, metadata)
+    backend = backend_for(url)
     engine = create_engine(url, poolclass=NullPool)
     database = sql_database(
         query_adapter_callback=_whole_table_reads(plans, bulk_tables, cursor_limit),
@@ -260,7 +258,7 @@ def sql_database_source(
         defer_table_reflect=True,
         schema=declaration.schema_,
         table_names=list(plans),
-        backend=backend_for(url),
+        backend=backend,
         chunk_size=chunk_size,
         reflection_level="full",
         detect_precision_hints=None,  # the default False only triggers dlt's deprecation warning
@@ -278,7 +276,7 @@ def sql_database_source(
                 plan.cursor, lag=plan.lag or None, on_cursor_value_missing="include"
             )
         columns: dict[str, Any] = {}
-        if backend_for(url) == adbc.BACKEND:
+        if backend == adbc.BACKEND:
             columns |= {
                 column.name: {"name": column.name, "data_type": "text", "precision": None}
                 for column in metadata.tables[prefix + table].columns

@@ -28,6 +28,7 @@ from sqlalchemy.dialects.postgresql import INET, MONEY
 from sqlalchemy.engine import URL
 from sqlalchemy.sql import sqltypes
 
+from ingestion.guards import INFINITY
 from ingestion.sql_database.helpers import MAX_DECIMAL_DIGITS, exact_decimal
 
 BACKEND = "adbc"
@@ -167,15 +168,15 @@ def _decimals(values: pa.Array, kind: pa.Decimal128Type, where: str) -> pa.Array
 # (1970) without checking for overflow: 'infinity' and '-infinity' (the server's largest and
 # smallest int64 / int32) wrap around to the most negative values, and loaded as dates some
 # 290,000 (timestamps) or 5.9 million (dates) years BC, both alike. DuckDB holds infinities as
-# the largest value and its negation; a timestamp past 294247-01-10, DuckDB's last, wraps too.
-_INT64, _INT32 = 2**63 - 1, 2**31 - 1
-_SHIFT_MICROSECONDS, _SHIFT_DAYS = 946_684_800_000_000, 10_957
+# the largest value and its negation (`INFINITY`); a timestamp past 294247-01-10, DuckDB's
+# last, wraps too.
+_SHIFTS = {pa.int64(): (946_684_800_000_000, 64), pa.int32(): (10_957, 32)}  # and bit widths
 _WRAPPED_INFINITIES = {
-    pa.int64(): {
-        _INT64 + _SHIFT_MICROSECONDS - 2**64: _INT64,
-        -_INT64 - 1 + _SHIFT_MICROSECONDS: -_INT64,
-    },
-    pa.int32(): {_INT32 + _SHIFT_DAYS - 2**32: _INT32, -_INT32 - 1 + _SHIFT_DAYS: -_INT32},
+    storage: {
+        INFINITY[storage] + shift - 2**bits: INFINITY[storage],
+        -INFINITY[storage] - 1 + shift: -INFINITY[storage],
+    }
+    for storage, (shift, bits) in _SHIFTS.items()
 }
 # PostgreSQL's first timestamp and date (4714-11-24 BC) on arrow's scale: below, a value wrapped.
 _FIRST = {pa.int64(): -210_866_803_200_000_000, pa.int32(): -2_440_588}
@@ -205,12 +206,16 @@ def _infinities(values: pa.Array, where: str) -> pa.Array:
     return pa.array(numbers, type=storage).view(values.type)
 
 
-def _has_extension_types(schema: pa.Schema) -> bool:
-    return any(isinstance(field.type, pa.BaseExtensionType) for field in schema)
-
-
 def _temporal(kind: pa.DataType) -> bool:
     return pa.types.is_timestamp(kind) or pa.types.is_date32(kind)
+
+
+def _to_make_plain(schema: pa.Schema) -> bool:
+    """Whether ``plain_batch`` has anything to do for batches of ``schema``: an arrow
+    extension type, or a timestamp or date (its infinities)."""
+    return any(
+        isinstance(field.type, pa.BaseExtensionType) or _temporal(field.type) for field in schema
+    )
 
 
 def plain_batch(
@@ -219,9 +224,7 @@ def plain_batch(
     """``batch`` without arrow extension types: uuid as its text, json as its text, numeric
     as the column's decimal (``decimals``); timestamps and dates with PostgreSQL's
     infinities as DuckDB's (``_infinities``)."""
-    if not _has_extension_types(batch.schema) and not any(
-        _temporal(field.type) for field in batch.schema
-    ):
+    if not _to_make_plain(batch.schema):
         return batch
     arrays = []
     for field, array in zip(batch.schema, batch.columns, strict=True):
@@ -250,9 +253,7 @@ def plain_batches(
     reader: pa.RecordBatchReader, decimals: Mapping[str, pa.Decimal128Type], table: str
 ) -> pa.RecordBatchReader:
     """``plain_batch`` over a stream."""
-    if not _has_extension_types(reader.schema) and not any(
-        _temporal(field.type) for field in reader.schema
-    ):
+    if not _to_make_plain(reader.schema):
         return reader
     first = next(iter(reader), None)
     if first is None:
