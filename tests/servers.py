@@ -66,10 +66,12 @@ def query(url: str, sql: str) -> list[tuple[Any, ...]]:
 
 
 @contextmanager
-def database_with(server: str, sql: str) -> Iterator[str]:
-    """A throwaway database on ``server`` holding what ``sql`` makes."""
+def database_with(server: str, *sql: str) -> Iterator[str]:
+    """A throwaway database on ``server`` holding what ``sql`` makes, run one piece at a time
+    (on MariaDB one statement each: PyMySQL runs no batches)."""
     with throwaway_database(server) as url:
-        run_sql(url, sql)
+        for statements in sql:
+            run_sql(url, statements)
         yield url
 
 

@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from ingestion.pipeline import PipelineFailed, make_pipeline, run_source
-from tests.servers import declared, query, run_sql, throwaway_database
+from tests.servers import database_with, declared, query, run_sql
 from tributary.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -35,9 +35,7 @@ insert into shifts values
 
 @pytest.fixture
 def mariadb() -> Iterator[str]:
-    with throwaway_database("mariadb") as url:
-        run_sql(url, TABLE)  # one statement at a time: PyMySQL runs no batches
-        run_sql(url, ROWS)
+    with database_with("mariadb", TABLE, ROWS) as url:
         yield url
 
 

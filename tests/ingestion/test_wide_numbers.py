@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from ingestion.pipeline import PipelineFailed, make_pipeline, run_source
-from tests.servers import declared, query, run_sql, throwaway_database
+from tests.servers import database_with, declared, query, run_sql
 from tributary.settings import ConfigurationError, Settings
 
 pytestmark = pytest.mark.integration
@@ -35,9 +35,7 @@ insert into ledger values
 
 @pytest.fixture
 def mariadb() -> Iterator[str]:
-    with throwaway_database("mariadb") as url:
-        run_sql(url, TABLE)  # one statement at a time: PyMySQL runs no batches
-        run_sql(url, ROWS)
+    with database_with("mariadb", TABLE, ROWS) as url:
         yield url
 
 
@@ -83,13 +81,12 @@ def test_an_unsigned_bigint_past_the_warehouses_is_refused_by_name(tmp_path: Pat
     extract with "Python int too large to convert to C long", naming nothing. Now the run
     stops naming the column and the value (for a key: the table, which must be left out),
     loading nothing of that read."""
-    with throwaway_database("mariadb") as url:
-        run_sql(url, COUNTERS)
-        run_sql(
-            url,
-            "insert into counters values (1, 9223372036854775807, '2026-01-01'), "
-            "(2, 0, '2026-01-01'), (3, null, '2026-01-01')",
-        )
+    with database_with(
+        "mariadb",
+        COUNTERS,
+        "insert into counters values (1, 9223372036854775807, '2026-01-01'), "
+        "(2, 0, '2026-01-01'), (3, null, '2026-01-01')",
+    ) as url:
         settings = declared(tmp_path, "books", url, {"counters": None})
         run_source("books", settings)
         loaded = _counters(settings)
